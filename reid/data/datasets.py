@@ -1,0 +1,174 @@
+"""Re-ID dataset parsers: Market-1501, DukeMTMC-reID and MSMT17.
+
+Each parser turns a dataset folder into three lists of `Sample(path, pid, camid)`:
+`train` with identities relabelled 0..N-1 in sorted pid order (the classifier's
+labels), and `query` / `gallery` with their original pids (the ranking protocol
+compares pids, and pid 0 / -1 keep their meaning there). Gallery junk (pid -1) is
+left out; distractors (pid 0) stay. Camera ids are 0-based.
+"""
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import List, NamedTuple
+
+from reid.utils import ReidError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class Sample(NamedTuple):
+    path: str
+    pid: int
+    camid: int
+
+
+@dataclass
+class ReidDataset:
+    name: str
+    root: str
+    train: List[Sample]
+    query: List[Sample]
+    gallery: List[Sample]
+    train_pids: List[int] = field(default_factory=list)  # label i <-> original pid train_pids[i]
+
+    @property
+    def num_train_pids(self):
+        return len(self.train_pids)
+
+    def summary(self):
+        def row(name, samples):
+            pids = {s.pid for s in samples}
+            cams = {s.camid for s in samples}
+            return f"  {name:<8} {len(pids):>6} ids {len(samples):>8} images {len(cams):>3} cameras"
+        return "\n".join([f"{self.name} at {self.root}", row("train", self.train),
+                          row("query", self.query), row("gallery", self.gallery)])
+
+
+# Market-1501: 0002_c1s1_000451_03.jpg; DukeMTMC-reID: 0001_c2_f0046182.jpg
+MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
+# MSMT17: 0000_000_01_0303morning_0015_0.jpg (pid, index, camera, ...)
+MSMT_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)_")
+
+
+def _list_images(folder):
+    return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def _parse_market_name(folder, fname):
+    m = MARKET_NAME.match(fname)
+    if m is None:
+        raise ReidError(f"cannot parse image name {os.path.join(folder, fname)}: "
+                        "expected PPPP_cC..., e.g. 0002_c1s1_000451_03.jpg")
+    return int(m.group(1)), int(m.group(2)) - 1
+
+
+def _relabel(samples):
+    pids = sorted({s.pid for s in samples})
+    label = {pid: i for i, pid in enumerate(pids)}
+    return [Sample(s.path, label[s.pid], s.camid) for s in samples], pids
+
+
+class _FolderLayout:
+    """Market-1501 / DukeMTMC-reID: three folders of images named by pid and camera."""
+
+    subdirs = ("bounding_box_train", "query", "bounding_box_test")
+
+    def __init__(self, name, folder_names):
+        self.name = name
+        self.folder_names = folder_names
+
+    def matches(self, path):
+        return all(os.path.isdir(os.path.join(path, d)) for d in self.subdirs)
+
+    def expected(self):
+        return "sub-folders " + ", ".join(self.subdirs)
+
+    def _read(self, root, sub):
+        folder = os.path.join(root, sub)
+        out = []
+        for fname in _list_images(folder):
+            pid, camid = _parse_market_name(folder, fname)
+            out.append(Sample(os.path.join(folder, fname), pid, camid))
+        if not out:
+            raise ReidError(f"no images in {folder}")
+        return out
+
+    def load(self, root):
+        train = [s for s in self._read(root, "bounding_box_train") if s.pid >= 0]
+        train, train_pids = _relabel(train)
+        query = self._read(root, "query")
+        gallery = [s for s in self._read(root, "bounding_box_test") if s.pid != -1]
+        return ReidDataset(self.name, root, train, query, gallery, train_pids)
+
+
+class _MSMT17Layout:
+    """MSMT17: list files `list_{train,query,gallery}.txt` of `relpath pid` lines."""
+
+    lists = ("list_train.txt", "list_query.txt", "list_gallery.txt")
+    image_dirs = (("train", "test"), ("mask_train_v2", "mask_test_v2"))  # V1, V2
+
+    def __init__(self, name, folder_names):
+        self.name = name
+        self.folder_names = folder_names
+
+    def _dirs(self, path):
+        for train_dir, test_dir in self.image_dirs:
+            if os.path.isdir(os.path.join(path, train_dir)) and os.path.isdir(os.path.join(path, test_dir)):
+                return train_dir, test_dir
+        return None
+
+    def matches(self, path):
+        return self._dirs(path) is not None and all(os.path.isfile(os.path.join(path, f)) for f in self.lists)
+
+    def expected(self):
+        return "list files " + ", ".join(self.lists) + " and image folders train/ + test/ (V1) or mask_train_v2/ + mask_test_v2/ (V2)"
+
+    def _read(self, root, list_name, image_dir):
+        list_path = os.path.join(root, list_name)
+        out = []
+        with open(list_path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                parts = line.split()
+                fname = os.path.basename(parts[0])
+                m = MSMT_NAME.match(fname)
+                if len(parts) != 2 or m is None or not parts[1].lstrip("-").isdigit():
+                    raise ReidError(f"{list_path}:{lineno}: expected 'PID/PID_IDX_CAM_..._.jpg PID', got {line.strip()!r}")
+                out.append(Sample(os.path.join(root, image_dir, parts[0]), int(parts[1]), int(m.group(3)) - 1))
+        return out
+
+    def load(self, root):
+        train_dir, test_dir = self._dirs(root)
+        train, train_pids = _relabel(self._read(root, "list_train.txt", train_dir))
+        query = self._read(root, "list_query.txt", test_dir)
+        gallery = self._read(root, "list_gallery.txt", test_dir)
+        return ReidDataset(self.name, root, train, query, gallery, train_pids)
+
+
+LAYOUTS = {
+    "market": _FolderLayout("market", ("Market-1501-v15.09.15", "market1501", "Market-1501")),
+    "duke": _FolderLayout("duke", ("DukeMTMC-reID", "dukemtmc-reid", "dukemtmcreid")),
+    "msmt17": _MSMT17Layout("msmt17", ("MSMT17_V2", "MSMT17_V1", "msmt17")),
+}
+
+
+def resolve_dataset_root(path, name="market"):
+    """The dataset folder itself, or a root holding it under one of its usual names."""
+    if name not in LAYOUTS:
+        raise ReidError(f"--dataset {name!r}: expected one of {', '.join(LAYOUTS)}")
+    layout = LAYOUTS[name]
+    if not os.path.isdir(path):
+        raise ReidError(f"dataset folder {path} does not exist")
+    for candidate in (path, *(os.path.join(path, n) for n in layout.folder_names)):
+        if layout.matches(candidate):
+            return os.path.normpath(candidate)
+    raise ReidError(f"{path} is not a {name} dataset: expected {layout.expected()} "
+                    f"(in it or in a sub-folder named {' or '.join(layout.folder_names)})")
+
+
+def load_dataset(path, name="market"):
+    """Parse the dataset at `path` (see `resolve_dataset_root`) into a ReidDataset."""
+    root = resolve_dataset_root(path, name)
+    return LAYOUTS[name].load(root)

@@ -1,0 +1,56 @@
+"""Torch datasets and loaders over lists of `Sample`."""
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from reid.data.sampler import RandomIdentitySampler
+from reid.utils import ReidError
+
+
+def read_image(path):
+    """Open an image as RGB; an unreadable file stops with its path."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError) as err:
+        raise ReidError(f"cannot read image {path}: {err}") from None
+
+
+class ImageDataset(Dataset):
+    """Yields (image, pid, camid, index); index lets attacks find their guides."""
+
+    def __init__(self, samples, transform):
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        path, pid, camid = self.samples[index]
+        return self.transform(read_image(path)), pid, camid, index
+
+
+def train_loader(samples, transform, batch_size, num_instances=None, workers=0, seed=0):
+    """Training loader; `num_instances` switches to P x K identity batches.
+
+    The order depends only on `seed` (pass seed and epoch combined), not on the
+    global RNG state, so a resumed run sees the same batches as an unbroken one.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    dataset = ImageDataset(samples, transform)
+    if num_instances:
+        try:
+            sampler = RandomIdentitySampler([s.pid for s in samples], batch_size, num_instances, gen)
+        except ValueError as err:
+            raise ReidError(f"-b/-ni: {err}") from None
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
+                          num_workers=workers, generator=gen, persistent_workers=False)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+                      num_workers=workers, generator=gen)
+
+
+def eval_loader(samples, transform, batch_size, workers=0):
+    return DataLoader(ImageDataset(samples, transform), batch_size=batch_size,
+                      shuffle=False, num_workers=workers)
