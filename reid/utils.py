@@ -2,6 +2,7 @@
 
 import os
 import random
+import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -19,7 +20,11 @@ def cli_main(main):
     try:
         return main()
     except ReidError as err:
-        print(f"error: {err}", file=sys.stderr)
+        # A ReidError raised in a DataLoader worker comes back wrapped with the
+        # worker's traceback; its own message is the last line.
+        message = str(err).strip().splitlines()[-1]
+        message = message.split("ReidError: ", 1)[-1]
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -65,3 +70,22 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def link_or_copy(src, dst, mode="link"):
+    """Place `src` at `dst` as a hard link (default), a copy or a symlink.
+
+    Hard links cost no disk space; across file systems they fall back to a copy.
+    Returns the mode actually used.
+    """
+    if mode == "symlink":
+        os.symlink(os.path.abspath(src), dst)
+        return mode
+    if mode == "link":
+        try:
+            os.link(src, dst)
+            return mode
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
+    return "copy"

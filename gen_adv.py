@@ -1,0 +1,268 @@
+#!/usr/bin/env python
+"""Evaluate a re-ID checkpoint clean and under metric attacks (mAP / CMC / mINP).
+
+Reference usage:
+  python gen_adv.py models/checkpoints DATA model.th --dataset market --classif -a FNA --eps 5
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+
+import numpy as np
+import scipy.io
+import torch
+import torchvision
+from PIL import Image
+
+import reid
+from reid.attacks import ATTACK_NAMES, check_attack_args
+from reid.checkpoint import file_sha256, load_model
+from reid.data import DATASET_NAMES, build_transforms, eval_loader, load_dataset, read_image
+from reid.engine import Split, attack_split, metrics_table, split_metrics, summarize_runs
+from reid.features import extract_features
+from reid.utils import ReidError, atomic_path, cli_main, link_or_copy, resolve_device, seed_everything
+
+DATASET_FOLDERS = {"query": "query", "gallery": "bounding_box_test", "train": "bounding_box_train"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints_folder")
+    p.add_argument("dataset_folder")
+    p.add_argument("filename", help="checkpoint file name inside checkpoints_folder")
+    p.add_argument("--dataset", default="market", choices=DATASET_NAMES)
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--classif", dest="kind", action="store_const", const="classif",
+                      help="expect a classification checkpoint (checked; read from the checkpoint if omitted)")
+    kind.add_argument("--triplet", dest="kind", action="store_const", const="triplet",
+                      help="expect a triplet checkpoint (checked)")
+    p.add_argument("-e", "--embedding_size", type=int, help="expected triplet embedding size (checked)")
+    p.add_argument("--cosine", action="store_true", help="L2-normalised features in the attack loss and ranking")
+    p.add_argument("-a", "--attack", nargs="+", default=["clean"], metavar="NAME",
+                   help=f"one or several of {', '.join(ATTACK_NAMES)}, clean, or all (default clean)")
+    p.add_argument("--eps", type=float, default=5.0, help="L-inf budget in /255 (default 5)")
+    p.add_argument("--step", type=float, default=1.0, help="step of iterative attacks in /255 (default 1)")
+    p.add_argument("--max_iter", type=int, default=15, help="iterations of iterative attacks (default 15)")
+    p.add_argument("--single", action="store_true", help="FGSM/IFGSM/MIFGSM: one random same-identity guide")
+    p.add_argument("--gallery", action="store_true", help="attack the gallery instead of the queries")
+    p.add_argument("--cross_attack", action="store_true", help="take the guides from the other set")
+    p.add_argument("-n", "--nb_repeat", type=int, default=1, help="runs per attack (new random guides / starts)")
+    p.add_argument("-b", "--batch_size", type=int, default=64)
+    p.add_argument("--gpu", type=int, help="alias of --device cuda:N")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--height", type=int, help="input height (default: the checkpoint's, else 256)")
+    p.add_argument("--width", type=int, help="input width (default: the checkpoint's, else 128)")
+    p.add_argument("--workers", type=int, default=4, help="data loading processes (default 4)")
+    p.add_argument("--out", help="output folder (default attacks/<checkpoint>-<dataset>-<time>/)")
+    p.add_argument("--save-features", action="store_true", help="write features.npz and features.mat")
+    p.add_argument("--save-images", action="store_true", help="write the adversarial images as PNG")
+    p.add_argument("--visualize", type=int, default=0, metavar="K",
+                   help="ranking pictures for K queries and a perturbation grid per attack")
+    args = p.parse_args(argv)
+    names = [n for a in args.attack for n in a.split(",") if n.strip() and n.strip().lower() != "clean"]
+    args.attack = check_attack_args(names, args.single, args.eps, args.step, args.max_iter) if names else []
+    for flag, value, low in (("-n", args.nb_repeat, 1), ("-b", args.batch_size, 1), ("--workers", args.workers, 0),
+                             ("--visualize", args.visualize, 0)):
+        if value < low:
+            raise ReidError(f"{flag} {value}: expected an integer >= {low}")
+    return args
+
+
+def versions():
+    return {"reid": reid.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def write_json(path, obj):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+
+
+def write_features(out, arrays):
+    """features.npz for Python and features.mat (scipy.io) for MATLAB users."""
+    with atomic_path(os.path.join(out, "features.npz")) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    with atomic_path(os.path.join(out, "features.mat")) as tmp:
+        scipy.io.savemat(tmp, arrays, do_compression=True)
+
+
+def to_uint8(images):
+    return (images * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+class ImageSaver:
+    """Adversarial images as PNG under images/<attack>/, a dataset in the input's layout.
+
+    The pixels are the clean image at the model's input size, quantised to 8 bits,
+    plus the perturbation rounded to whole /255 steps and clipped to the budget, so
+    the saved file keeps |adv - clean| <= eps in the 8-bit values a later reader sees.
+    The splits that were not attacked are linked from the dataset, so the folder
+    loads with `--dataset market` as it is.
+    """
+
+    def __init__(self, out, attack, split, data, eps):
+        self.root = os.path.join(out, "images", attack)
+        self.folder = os.path.join(self.root, DATASET_FOLDERS[split.name])
+        self.samples, self.budget = split.samples, int(np.floor(eps + 1e-6))
+        os.makedirs(self.folder, exist_ok=True)
+        for other, folder in DATASET_FOLDERS.items():
+            if other != split.name and data.name in ("market", "duke"):
+                self._link_originals(data.root, folder)
+
+    def _link_originals(self, dataset_root, folder):
+        dst = os.path.join(self.root, folder)
+        os.makedirs(dst, exist_ok=True)
+        for fname in os.listdir(os.path.join(dataset_root, folder)):
+            if not os.path.lexists(os.path.join(dst, fname)):
+                link_or_copy(os.path.join(dataset_root, folder, fname), os.path.join(dst, fname))
+
+    def __call__(self, clean, adv, indices):
+        base = to_uint8(clean).short()
+        delta = ((adv - clean) * 255).round().clamp(-self.budget, self.budget).short()
+        pixels = (base + delta).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        for img, i in zip(pixels, indices.tolist()):
+            stem = os.path.splitext(os.path.basename(self.samples[i].path))[0]
+            Image.fromarray(img).save(os.path.join(self.folder, stem + ".png"))
+
+
+class FirstBatches:
+    """Keeps the first `limit` clean / adversarial images for the perturbation grid."""
+
+    def __init__(self, limit=8):
+        self.limit, self.clean, self.adv = limit, [], []
+
+    def __call__(self, clean, adv, indices):
+        have = sum(len(c) for c in self.clean)
+        if have < self.limit:
+            self.clean.append(clean[: self.limit - have].cpu())
+            self.adv.append(adv[: self.limit - have].cpu())
+
+
+def chain(*callbacks):
+    callbacks = [c for c in callbacks if c is not None]
+    if not callbacks:
+        return None
+
+    def call(*a):
+        for c in callbacks:
+            c(*a)
+    return call
+
+
+def ranking_pictures(out, attack, query, gallery, clean_dist, adv_dist, picked, tf, adv_queries=None):
+    """One picture per picked query: its top-10 gallery before and after the attack."""
+    from reid.viz import ranking_figure
+
+    def load(samples):
+        return torch.stack([tf(read_image(s.path)) for s in samples])
+
+    os.makedirs(os.path.join(out, "rankings"), exist_ok=True)
+    for q in picked:
+        rows, query_images = [], []
+        for label, dist in (("clean", clean_dist), (attack, adv_dist)):
+            top = torch.argsort(dist[q])[:10].tolist()
+            rows.append((label, load([gallery.samples[i] for i in top]),
+                         [int(gallery.pids[i]) == int(query.pids[q]) for i in top]))
+        clean_query = load([query.samples[q]])[0]
+        query_images = [clean_query, adv_queries.get(q, clean_query) if adv_queries else clean_query]
+        name = os.path.splitext(os.path.basename(query.samples[q].path))[0]
+        ranking_figure(query_images, rows, os.path.join(out, "rankings", f"{attack}_{name}.png"))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = resolve_device(args.device, args.gpu)
+    seed_everything(args.seed)
+    ckpt_path = os.path.join(args.checkpoints_folder, args.filename)
+    model, ckpt = load_model(ckpt_path, args.kind, args.embedding_size)
+    model.to(device).eval()
+    data = load_dataset(args.dataset_folder, args.dataset)
+    height, width = ckpt.get("input_size") or (256, 128)
+    height, width = args.height or height, args.width or width
+    metric = "cosine" if args.cosine else "euclidean"
+
+    tf = build_transforms(height, width, train=False)
+    loaders = {name: eval_loader(getattr(data, name), tf, args.batch_size, args.workers)
+               for name in ("query", "gallery")}
+    splits = {}
+    for name, loader in loaders.items():
+        feats, pids, camids = extract_features(model, loader, device, f"{name} features", args.cosine)
+        splits[name] = Split(name, feats, pids, camids, getattr(data, name))
+    query, gallery = splits["query"], splits["gallery"]
+    clean = split_metrics(query, gallery, metric)
+
+    stem = os.path.splitext(os.path.basename(args.filename))[0]
+    out = args.out or os.path.join("attacks", f"{stem}-{data.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    os.makedirs(out, exist_ok=True)
+    config = {**vars(args), "checkpoint": ckpt_path, "checkpoint_sha256": file_sha256(ckpt_path),
+              "checkpoint_epoch": ckpt.get("epoch"), "model": model.config(), "input_size": [height, width],
+              "dataset_root": data.root, "metric": metric, "device": str(device), "versions": versions()}
+    results = {"config": config, "clean": clean, "attacks": {}}
+    arrays = {"query_features": query.feats.cpu().numpy(), "query_pids": query.pids, "query_camids": query.camids,
+              "gallery_features": gallery.feats.cpu().numpy(), "gallery_pids": gallery.pids,
+              "gallery_camids": gallery.camids}
+
+    target, other = (gallery, query) if args.gallery else (query, gallery)
+    picked = []
+    if args.visualize:
+        rng = np.random.default_rng(args.seed)
+        picked = sorted(rng.choice(len(query.pids), min(args.visualize, len(query.pids)), replace=False).tolist())
+    for name in args.attack:
+        runs, stats = [], []
+        for run in range(args.nb_repeat):
+            generator = torch.Generator().manual_seed(args.seed * 1000003 + run)
+            first = run == 0
+            grid = FirstBatches() if first and args.visualize else None
+            saver = ImageSaver(out, name, target, data, args.eps) if first and args.save_images else None
+            kept = {}
+            keep = None
+            if first and args.visualize and not args.gallery:
+                def keep(clean_b, adv_b, idx, kept=kept):
+                    for j, i in enumerate(idx.tolist()):
+                        if i in picked:
+                            kept[i] = adv_b[j].cpu()
+            adv_feats, st = attack_split(model, loaders[target.name], target, name,
+                                         guides=other if args.cross_attack else None, single=args.single,
+                                         cosine=args.cosine, eps=args.eps, step=args.step, max_iter=args.max_iter,
+                                         generator=generator, device=device, on_batch=chain(saver, grid, keep))
+            adv_q, adv_g = (None, adv_feats) if args.gallery else (adv_feats, None)
+            runs.append(split_metrics(query, gallery, metric, adv_q, adv_g))
+            stats.append(st)
+            if first:
+                arrays[f"{target.name}_features_adv_{name}"] = adv_feats.cpu().numpy()
+            if grid is not None:
+                from reid.viz import perturbation_figure
+                perturbation_figure(torch.cat(grid.clean), torch.cat(grid.adv),
+                                    os.path.join(out, f"perturbation_{name}.png"))
+                from reid.metrics import pairwise_distance
+                qf, gf = (query.feats, adv_feats) if args.gallery else (adv_feats, gallery.feats)
+                ranking_pictures(out, name, query, gallery, pairwise_distance(query.feats, gallery.feats, metric).cpu(),
+                                 pairwise_distance(qf, gf, metric).cpu(), picked, tf, kept)
+        results["attacks"][name] = {
+            **summarize_runs(runs), "runs": runs,
+            "max_perturbation": max(s["max_perturbation"] for s in stats),
+            "attack_seconds": float(np.mean([s["attack_seconds"] for s in stats])),
+            "images_attacked": stats[0]["images_attacked"], "fallback_images": stats[0]["fallback_images"],
+            "iterations": stats[0]["iterations"], "target": target.name, "eps": args.eps, "step": args.step}
+        write_json(os.path.join(out, "results.json"), results)  # after each attack: nothing lost
+        print(f"{name}: mAP {100 * results['attacks'][name]['mean']['mAP']:.2f} "
+              f"({stats[0]['images_attacked']} images, {results['attacks'][name]['attack_seconds']:.1f} s)")
+    write_json(os.path.join(out, "results.json"), results)
+    if args.save_features:
+        write_features(out, arrays)
+    print(data.summary())
+    rows = [("clean", clean)] + [(n, r["mean"]) for n, r in results["attacks"].items()]
+    print(f"\n{'query' if not args.gallery else 'gallery'} attacks, eps {args.eps:g}/255, "
+          f"{args.max_iter} iterations, {args.nb_repeat} run(s), {metric} distance")
+    print(metrics_table(rows))
+    print(f"results -> {os.path.join(out, 'results.json')}")
+
+
+if __name__ == "__main__":
+    cli_main(main)

@@ -1,0 +1,40 @@
+"""Metric adversarial attacks on re-ID models: guide selection + one guided loss, on advertorch.
+
+Every attack (FGSM, IFGSM, MIFGSM, SMA, ODFA, FNA, FNA_pull, FNA_rand) is one row of
+``registry.ATTACKS``: a guide rule and an advertorch optimiser joined by the guided loss
+sum_b sum_k w_bk ||f(x_b) - g_bk||^2 (maximised). Work in pixel space: images in [0, 1],
+eps and step in /255 units.
+
+    plan = plan_attack("FNA", q_feats, q_pids, cosine=False, generator=gen)
+    for images, idx in batches:                  # idx: positions in the query set
+        adv, adv_feats = attack_batch(model, images, plan, idx, eps=5, step=1, max_iter=15,
+                                      generator=gen)
+
+This package is also the project's only door to advertorch (see ``_compat``): import the
+advertorch attack classes from here.
+"""
+
+from ._compat import GradientSignAttack, LinfPGDAttack, MomentumIterativeAttack
+from .core import attack_batch, attack_mode, perturb, plan_attack
+from .guides import AttackPlan, select_guides
+from .loss import GuidedLoss, guided_loss, pack_bank_guides, pack_guides
+from .optimisers import OPTIMISERS
+from .registry import (
+    ATTACK_NAMES,
+    ATTACKS,
+    AttackSpec,
+    canonical_name,
+    check_attack_args,
+    check_budget,
+    check_single,
+    get_attack_spec,
+    resolve_attack_names,
+)
+
+__all__ = [
+    "ATTACK_NAMES", "ATTACKS", "AttackPlan", "AttackSpec", "GradientSignAttack", "GuidedLoss",
+    "LinfPGDAttack", "MomentumIterativeAttack", "OPTIMISERS", "attack_batch", "attack_mode",
+    "canonical_name", "check_attack_args", "check_budget", "check_single", "get_attack_spec",
+    "guided_loss", "pack_bank_guides", "pack_guides", "perturb", "plan_attack",
+    "resolve_attack_names", "select_guides",
+]

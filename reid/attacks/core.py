@@ -1,0 +1,146 @@
+"""Running an attack: plan once per run, then perturb batch after batch.
+
+``plan_attack`` validates the attack and selects every image's guides from clean features
+(``guides.py``); ``attack_batch`` perturbs one batch of the attacked set with the attack's
+advertorch optimiser (``optimisers.py``) on the guided loss (``loss.py``). Per batch the only
+extra work is one gather of the batch's guides into the packed loss target, one optional
+random start draw and one no-grad forward pass for the adversarial features: the iterations
+themselves are advertorch's loop with an O(B * D) loss, no Python loop over samples.
+
+During the attack the model is put in eval mode and its parameters stop requiring gradients
+(so the backward pass computes input gradients only and leaves no ``.grad`` on the weights,
+which matters when attacking inside a training loop); both are restored afterwards.
+"""
+
+from contextlib import contextmanager
+
+import torch
+
+from .guides import select_guides
+from .loss import GuidedLoss
+from .optimisers import OPTIMISERS
+from .registry import ATTACKS, check_budget, check_single
+
+
+def plan_attack(name, feats, pids, guide_feats=None, guide_pids=None, *, single=False,
+                cosine=False, generator=None):
+    """Select the guides of attack ``name`` for every image of the attacked set, once per run.
+
+    feats (N, D), pids (N,): the attacked set's clean features and identities (tensors or
+    arrays); guide_feats (M, D), guide_pids (M,): the guide set when it is the *other* set
+    (``--cross_attack``); leave them None to take guides from the attacked set itself.
+    ``single``: one random pushing guide (FGSM / IFGSM / MIFGSM). ``cosine``: guides and loss
+    in L2-normalised feature space. ``generator``: a ``torch.Generator`` for the random
+    choices (None: the global RNG). Raises ReidError for an unknown name or a bad ``single``.
+    """
+    name = check_single(name, single)
+    return select_guides(name, ATTACKS[name], feats, pids, guide_feats, guide_pids,
+                         single=single, cosine=cosine, generator=generator)
+
+
+@contextmanager
+def attack_mode(model):
+    """Eval mode, parameters frozen, gradients enabled; the caller's state comes back after."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _start_point(x, lo, hi, rand_start, eps, generator):
+    """x, with the ``rand_start`` rows moved to a uniform random point of their box."""
+    if rand_start is None:
+        return x
+    if isinstance(rand_start, bool):
+        rand_start = torch.full((len(x),), rand_start, dtype=torch.bool)
+    sel = rand_start.to(x.device).nonzero().squeeze(1)
+    if sel.numel() == 0:
+        return x
+    gen_device = generator.device if generator is not None else x.device
+    noise = torch.rand((len(sel),) + tuple(x.shape[1:]), generator=generator,
+                       device=gen_device).to(x.device, x.dtype)
+    x0 = x.clone()
+    x0[sel] = torch.minimum(torch.maximum(x[sel] + (2 * noise - 1) * eps, lo[sel]), hi[sel])
+    return x0
+
+
+def _perturb(model, x, packed, optimiser, eps, step, max_iter, rand_start, cosine, generator):
+    """The core loop, budget already in fractions of 1. Returns the adversarial images."""
+    lo = (x - eps).clamp_(min=0.0)
+    hi = (x + eps).clamp_(max=1.0)
+    x0 = _start_point(x, lo, hi, rand_start, eps, generator)
+    x_adv = OPTIMISERS[optimiser].run(model, GuidedLoss(cosine), x0, packed, lo, hi,
+                                      eps, step, max_iter)
+    # One last projection: advertorch's momentum attack returns x0 + delta, which float
+    # rounding can put one ulp outside [0, 1]; this makes both bounds hold exactly.
+    return torch.minimum(torch.maximum(x_adv.detach(), lo), hi)
+
+
+def perturb(model, images, packed, *, optimiser="pgd", eps=5.0, step=1.0, max_iter=15,
+            rand_start=None, cosine=False, generator=None):
+    """Maximise the guided loss over ``images`` within the L-inf ball of radius eps/255.
+
+    The lower-level entry point (e.g. for adversarial training): ``packed`` is the (B, D + 2)
+    target from ``pack_guides``; ``optimiser`` one of ``OPTIMISERS`` ("fgsm", "pgd",
+    "momentum"); ``rand_start`` a bool or a (B,) bool mask of images to start from a uniform
+    random point of the ball. eps and step in /255 units. Returns images in [0, 1].
+    """
+    eps, step, max_iter = check_budget(eps, step, max_iter)
+    if optimiser not in OPTIMISERS:
+        raise ValueError(f"unknown optimiser {optimiser!r}; expected one of {list(OPTIMISERS)}")
+    with attack_mode(model):
+        return _perturb(model, images.detach(), packed.to(images.device), optimiser, eps, step,
+                        max_iter, rand_start, cosine, generator)
+
+
+def _rows(batch_indices, batch_size, plan):
+    if isinstance(batch_indices, slice):
+        batch_indices = range(len(plan))[batch_indices]
+    if isinstance(batch_indices, range):
+        batch_indices = list(batch_indices)
+    rows = torch.as_tensor(batch_indices, dtype=torch.long, device=plan.device).reshape(-1)
+    if rows.numel() != batch_size:
+        raise ValueError(f"attack_batch: {rows.numel()} indices for {batch_size} images")
+    return rows
+
+
+def attack_batch(model, images, plan, batch_indices, *, eps=5.0, step=1.0, max_iter=15,
+                 generator=None, return_features=True):
+    """Attack one batch of the attacked set.
+
+    images (B, 3, H, W) in [0, 1]; ``batch_indices``: their positions in the attacked set
+    (tensor, list, range or slice), i.e. rows of ``plan``. eps / step in /255 units.
+    ``generator`` draws the random starts (None: the global RNG).
+
+    Returns ``(adv_images, adv_features)``: adv_images (B, 3, H, W) in [0, 1] with
+    |adv - images| <= eps/255; images the plan does not attack (pid <= 0) come back
+    unchanged, with their clean features from the plan. adv_features (B, D) are the model's
+    raw outputs (not normalised), from one no-grad forward pass on the attacked images
+    (None if ``return_features`` is False).
+    """
+    eps, step, max_iter = check_budget(eps, step, max_iter)
+    device = images.device
+    rows = _rows(batch_indices, len(images), plan)
+    adv = images.detach().clone()
+    feats = plan.feats[rows].to(device) if return_features else None
+    local = plan.attacked[rows].nonzero().squeeze(1)
+    if local.numel() == 0:
+        return adv, feats
+    rows, local = rows[local], local.to(device)
+    packed = plan.packed(rows).to(device)
+    with attack_mode(model):
+        x_adv = _perturb(model, adv[local], packed, plan.spec.optimiser, eps, step, max_iter,
+                         plan.rand_start[rows], plan.cosine, generator)
+        if return_features:
+            with torch.no_grad():
+                feats[local] = model(x_adv).to(feats.dtype)
+    adv[local] = x_adv
+    return adv, feats

@@ -1,0 +1,171 @@
+"""Training and evaluation loops shared by the CLIs.
+
+Evaluation has one path for every attack and target set: `attack_split` perturbs
+every image of one split (query or gallery) with any attack of `reid.attacks`, and
+`retrieval_metrics` ranks whichever pair of clean / adversarial features results.
+"""
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from reid.attacks import ATTACKS, attack_batch, plan_attack
+from reid.data import Sample
+from reid.features import extract_features
+from reid.losses import batch_hard_triplet_loss
+from reid.metrics import evaluate_rank, pairwise_distance
+
+METRIC_NAMES = ("mAP", "rank1", "rank5", "rank10", "mINP")
+
+
+def retrieval_metrics(query_features, gallery_features, q_pids, g_pids, q_camids, g_camids, metric="euclidean"):
+    """The METRICS dict of DESIGN.md (fractions) for one query / gallery feature pair."""
+    distmat = pairwise_distance(query_features, gallery_features, metric)
+    result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=10)
+    cmc = result["cmc"]
+    return {"mAP": float(result["mAP"]), "rank1": float(cmc[0]), "rank5": float(cmc[4]),
+            "rank10": float(cmc[9]), "mINP": float(result["mINP"])}
+
+
+def evaluate(model, query_loader, gallery_loader, device, metric="euclidean"):
+    """Clean retrieval metrics of `model` on a query / gallery split."""
+    qf, q_pids, q_camids = extract_features(model, query_loader, device, desc="query features")
+    gf, g_pids, g_camids = extract_features(model, gallery_loader, device, desc="gallery features")
+    return retrieval_metrics(qf, gf, q_pids, g_pids, q_camids, g_camids, metric)
+
+
+def format_metrics(metrics):
+    return "  ".join(f"{k} {100 * metrics[k]:5.1f}" for k in METRIC_NAMES)
+
+
+def metrics_table(rows):
+    """A plain-text table, one row per (name, METRICS), values in percent."""
+    width = max(12, *(len(name) for name, _ in rows))
+    lines = [f"{'':<{width}}" + "".join(f"{k:>8}" for k in METRIC_NAMES)]
+    for name, m in rows:
+        lines.append(f"{name:<{width}}" + "".join(f"{100 * m[k]:8.2f}" for k in METRIC_NAMES))
+    return "\n".join(lines)
+
+
+class Objective:
+    """The training loss of a model kind: cross-entropy on logits or batch-hard triplet."""
+
+    def __init__(self, kind, soft_margin=False, margin=10.0):
+        self.kind, self.soft_margin, self.margin = kind, soft_margin, margin
+
+    def __call__(self, model, images, labels):
+        features = model(images)
+        if self.kind == "classif":
+            logits = model.fc(features)
+            return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).float().mean()
+        return batch_hard_triplet_loss(features, labels, self.margin, self.soft_margin), None
+
+
+def train_epoch(model, loader, optimizer, objective, device, epoch, prepare_batch=None):
+    """One epoch; `prepare_batch(model, images, labels)` may replace the batch (GOAT)."""
+    model.train()
+    total_loss, total_acc, n = 0.0, 0.0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+    for images, labels, _, _ in bar:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if prepare_batch is not None:
+            images = prepare_batch(model, images, labels)
+        loss, acc = objective(model, images, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n += 1
+        total_loss += loss.item()
+        total_acc += acc.item() if acc is not None else 0.0
+        bar.set_postfix(loss=f"{total_loss / n:.3f}")
+    stats = {"loss": total_loss / max(n, 1)}
+    if objective.kind == "classif":
+        stats["accuracy"] = total_acc / max(n, 1)
+    return stats
+
+
+def lr_schedule(kind, optimizer, last_epoch=-1):
+    """The reference schedules: classification steps at 20 and 40; triplet decays after 50."""
+    if kind == "classif":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[20, 40], gamma=0.1)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda e: 1.0 if e < 50 else 0.001 ** ((e - 50) / 100))
+
+
+def append_jsonl(path, record):
+    """Append one line; a line is small enough to be written whole."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+
+
+@dataclass
+class Split:
+    """Clean features of one split with the samples they come from."""
+
+    name: str  # "query" or "gallery"
+    feats: torch.Tensor
+    pids: np.ndarray
+    camids: np.ndarray
+    samples: List[Sample]
+
+
+def split_metrics(query, gallery, metric="euclidean", query_feats=None, gallery_feats=None):
+    """METRICS of `query` against `gallery`, with either side's features optionally replaced."""
+    qf = query.feats if query_feats is None else query_feats
+    gf = gallery.feats if gallery_feats is None else gallery_feats
+    return retrieval_metrics(qf, gf, query.pids, gallery.pids, query.camids, gallery.camids, metric)
+
+
+def attack_split(model, loader, target, name, *, guides=None, single=False, cosine=False, eps=5.0,
+                 step=1.0, max_iter=15, generator=None, device="cpu", on_batch=None):
+    """Attack every image of the split `target` (a `Split`, `loader` yields its images in order).
+
+    Guides come from `target` itself, or from the `guides` split (`--cross_attack`).
+    `on_batch(clean, adv, indices)` sees each batch (to save images or pictures).
+    Returns the adversarial features (N, D) and run statistics.
+    """
+    plan = plan_attack(name, target.feats, target.pids,
+                       None if guides is None else guides.feats, None if guides is None else guides.pids,
+                       single=single, cosine=cosine, generator=generator).to(device)
+    adv_feats = torch.empty_like(target.feats)
+    largest = torch.zeros((), device=device)
+    start = time.perf_counter()
+    for images, _, _, idx in tqdm(loader, desc=name, leave=False, dynamic_ncols=True):
+        images = images.to(device, non_blocking=True)
+        adv, feats = attack_batch(model, images, plan, idx, eps=eps, step=step, max_iter=max_iter,
+                                  generator=generator)
+        adv_feats[idx.to(adv_feats.device)] = F.normalize(feats, dim=1) if cosine else feats
+        largest = torch.maximum(largest, (adv - images).abs().amax())
+        if on_batch is not None:
+            on_batch(images, adv, idx)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    stats = {"max_perturbation": float(largest) * 255.0, "attack_seconds": time.perf_counter() - start,
+             "images_attacked": plan.num_attacked, "fallback_images": plan.num_fallback,
+             "iterations": ATTACKS[plan.name].iterations(max_iter)}
+    return adv_feats, stats
+
+
+def summarize_runs(runs):
+    """mean / std / min / max over repeated runs of an attack (METRICS dicts)."""
+    table = {k: np.array([r[k] for r in runs]) for k in METRIC_NAMES}
+    return {stat: {k: float(fn(v)) for k, v in table.items()}
+            for stat, fn in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max))}

@@ -1,0 +1,132 @@
+"""End to end through the CLIs: synthetic data -> train.py -> gen_adv.py -> results.json."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from reid.checkpoint import read_checkpoint
+from tests.conftest import ROOT
+
+SIZE = ["--height", "64", "--width", "32"]
+METRIC_KEYS = {"mAP", "rank1", "rank5", "rank10", "mINP"}
+
+
+def run(*args, check=True):
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def train(dataset, ckpt_dir, *extra, epochs=1):
+    return run("train.py", dataset, "--classif", "-n", str(epochs), "-b", "16", "-f", "m.th", *SIZE,
+               "--workers", "0", "--device", "cpu", "--checkpoint-dir", str(ckpt_dir), *extra)
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_dataset, tmp_path_factory):
+    ckpt_dir = tmp_path_factory.mktemp("ckpt")
+    train(synthetic_dataset, ckpt_dir, epochs=2)
+    return ckpt_dir
+
+
+def test_train_writes_checkpoints_and_log(trained):
+    assert {"m.th", "m-last.th", "m.log.jsonl"} <= set(os.listdir(trained))
+    log = [json.loads(line) for line in open(trained / "m.log.jsonl")]
+    assert [r["epoch"] for r in log] == [0, 1]
+    assert all(METRIC_KEYS <= set(r) and 0 <= r["mAP"] <= 1 for r in log)
+    last = read_checkpoint(str(trained / "m-last.th"))
+    best = read_checkpoint(str(trained / "m.th"))
+    assert last["epoch"] == 1 and last["input_size"] == [64, 32]
+    assert best["map"] == max(r["mAP"] for r in log) == last["best_map"]
+
+
+def test_gen_adv_clean_results_and_features(trained, synthetic_dataset, tmp_path):
+    out = tmp_path / "eval"
+    proc = run("gen_adv.py", str(trained), synthetic_dataset, "m.th", "--classif", "-a", "clean",
+               "--device", "cpu", "--workers", "0", "--out", str(out), "--save-features")
+    assert "mAP" in proc.stdout
+    results = json.load(open(out / "results.json"))
+    assert set(results) == {"config", "clean", "attacks"}
+    assert set(results["clean"]) == METRIC_KEYS
+    assert results["config"]["input_size"] == [64, 32]  # read from the checkpoint
+    assert len(results["config"]["checkpoint_sha256"]) == 64
+    # the checkpoint's logged mAP is what gen_adv measures on the same model
+    best = read_checkpoint(str(trained / "m.th"))
+    assert results["clean"]["mAP"] == pytest.approx(best["map"], abs=1e-6)
+    feats = np.load(out / "features.npz")
+    assert {"query_features", "query_pids", "query_camids", "gallery_features", "gallery_pids",
+            "gallery_camids"} <= set(feats.files)
+    assert feats["query_features"].shape == (len(feats["query_pids"]), 2048)
+    assert (out / "features.mat").exists()
+
+
+def test_resume_continues_exactly(synthetic_dataset, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(synthetic_dataset, straight, "--seed", "3", epochs=2)
+    train(synthetic_dataset, resumed, "--seed", "3", epochs=1)
+    proc = train(synthetic_dataset, resumed, "--seed", "3", "--resume", epochs=2)
+    assert "resuming" in proc.stdout
+    a = read_checkpoint(str(straight / "m-last.th"))
+    b = read_checkpoint(str(resumed / "m-last.th"))
+    assert a["epoch"] == b["epoch"] == 1
+    for k in a["net"]:
+        assert torch.allclose(a["net"][k].float(), b["net"][k].float(), atol=1e-5), k
+    logs = [[json.loads(x) for x in open(d / "m.log.jsonl")] for d in (straight, resumed)]
+    assert logs[0][-1]["mAP"] == pytest.approx(logs[1][-1]["mAP"], abs=1e-4)
+
+
+def test_sort_dataset_builds_pool_idempotently(synthetic_dataset, tmp_path):
+    import shutil
+    data = tmp_path / "copy"
+    shutil.copytree(synthetic_dataset, data)
+    first = run("sort_dataset.py", str(data))
+    second = run("sort_dataset.py", str(data))
+    assert "(0 new)" in second.stdout and "(0 new)" not in first.stdout.split("train")[1].splitlines()[0]
+    from reid.data import load_dataset
+    ds = load_dataset(str(data))
+    pool = data / "sorted" / "train"
+    assert sorted(int(p) for p in os.listdir(pool)) == ds.train_pids
+    n = sum(len(os.listdir(pool / p)) for p in os.listdir(pool))
+    assert n == len(ds.train)
+    for pid in os.listdir(pool):  # every image sits under its own identity
+        assert all(f.startswith(pid + "_") for f in os.listdir(pool / pid))
+    gallery_pool = data / "sorted" / "gallery"
+    assert sum(len(os.listdir(gallery_pool / p)) for p in os.listdir(gallery_pool)) == len(ds.gallery)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train.py", "/nonexistent/data"], "/nonexistent/data does not exist"),
+    (["gen_adv.py", "/nonexistent", "DATA", "m.th"], "checkpoint /nonexistent/m.th does not exist"),
+    (["sort_dataset.py", "/nonexistent/data"], "/nonexistent/data does not exist"),
+])
+def test_cli_errors_are_one_line(args, needle):
+    proc = run(*args, check=False)
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_gen_adv_kind_mismatch_writes_nothing(trained, synthetic_dataset, tmp_path):
+    out = tmp_path / "never"
+    proc = run("gen_adv.py", str(trained), synthetic_dataset, "m.th", "--triplet", "--out", str(out), check=False)
+    assert proc.returncode == 2 and "--triplet" in proc.stderr and not out.exists()
+
+
+def test_train_unreadable_image_is_one_line(synthetic_dataset, tmp_path):
+    import shutil
+    data = tmp_path / "broken"
+    shutil.copytree(synthetic_dataset, data)
+    victim = sorted(os.listdir(data / "bounding_box_train"))[0]
+    (data / "bounding_box_train" / victim).write_bytes(b"broken")
+    proc = run("train.py", str(data), "-n", "1", "-b", "8", *SIZE, "--workers", "1", "--device", "cpu",
+               "--checkpoint-dir", str(tmp_path / "ck"), check=False)
+    last = proc.stderr.strip().splitlines()[-1]  # progress bars may precede it
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert last.startswith("error: cannot read image") and victim in last

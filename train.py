@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""Train a re-ID model (classification or triplet), clean or GOAT-defended.
+
+Reference usage (the paper's README):
+  python train.py DATA --dataset duke --lr 0.00035 -wd 5e-4 -n 60 -f model.th -b 32 --classif --pretrained
+"""
+
+import argparse
+import os
+import time
+
+import torch
+
+from reid.checkpoint import load_model, rng_state, save_checkpoint, set_rng_state
+from reid.data import DATASET_NAMES, build_transforms, eval_loader, load_dataset, train_loader
+from reid.engine import Objective, append_jsonl, evaluate, format_metrics, lr_schedule, train_epoch
+from reid.models import build_model
+from reid.utils import ReidError, cli_main, resolve_device, seed_everything
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset_folder", help="dataset folder, or a root holding it under its usual name")
+    p.add_argument("--dataset", default="market", choices=DATASET_NAMES)
+    p.add_argument("--lr", type=float, default=3.5e-4, help="Adam learning rate (default 3.5e-4)")
+    p.add_argument("-wd", "--weight_decay", type=float, default=5e-4)
+    p.add_argument("-n", "--n_epoch", type=int, default=60, help="number of epochs (default 60)")
+    p.add_argument("-f", "--filename", default="model.th", help="checkpoint file name (default model.th)")
+    p.add_argument("-b", "--batch_size", type=int, default=32)
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--classif", dest="kind", action="store_const", const="classif",
+                      help="classification network, cross-entropy (default)")
+    kind.add_argument("--triplet", dest="kind", action="store_const", const="triplet",
+                      help="embedding network, batch-hard triplet loss")
+    p.add_argument("--soft_margin", "--soft", action="store_true", help="triplet: softplus instead of margin 10")
+    p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights (offline: see README)")
+    p.add_argument("--pretrained-path", help="ImageNet ResNet50 weights file (implies --pretrained)")
+    p.add_argument("--id_batch", action="store_true", help="P x K identity batches (K = -ni)")
+    p.add_argument("-ni", "--num_instances", type=int, default=4, help="K, images per identity in a batch")
+    p.add_argument("-e", "--embedding_size", type=int, default=2048, help="triplet embedding size")
+    p.add_argument("--resume", action="store_true", help="continue from <checkpoint-dir>/<name>-last.th")
+    p.add_argument("--gpu", type=int, help="alias of --device cuda:N")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--workers", type=int, default=4, help="data loading processes (default 4)")
+    p.add_argument("--checkpoint-dir", default=os.path.join("models", "checkpoints"))
+    p.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (and at the last)")
+    args = p.parse_args(argv)
+    args.kind = args.kind or "classif"
+    for flag, value, low in (("-n", args.n_epoch, 1), ("-b", args.batch_size, 1), ("--eval-every", args.eval_every, 1),
+                             ("--height", args.height, 16), ("--width", args.width, 16), ("-e", args.embedding_size, 1),
+                             ("-ni", args.num_instances, 1), ("--workers", args.workers, 0)):
+        if value < low:
+            raise ReidError(f"{flag} {value}: expected an integer >= {low}")
+    if args.lr <= 0:
+        raise ReidError(f"--lr {args.lr}: expected a positive learning rate")
+    return args
+
+
+def checkpoint_paths(args):
+    stem, ext = os.path.splitext(args.filename)
+    ext = ext or ".th"
+    d = args.checkpoint_dir
+    return (os.path.join(d, stem + ext), os.path.join(d, f"{stem}-last{ext}"), os.path.join(d, f"{stem}.log.jsonl"))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = resolve_device(args.device, args.gpu)
+    seed_everything(args.seed)
+    best_path, last_path, log_path = checkpoint_paths(args)
+
+    data = load_dataset(args.dataset_folder, args.dataset)
+    print(data.summary())
+    train_tf = build_transforms(args.height, args.width, train=True)
+    test_tf = build_transforms(args.height, args.width, train=False)
+    query_loader = eval_loader(data.query, test_tf, args.batch_size, args.workers)
+    gallery_loader = eval_loader(data.gallery, test_tf, args.batch_size, args.workers)
+
+    start_epoch, best_map = 0, -1.0
+    if args.resume:
+        if not os.path.isfile(last_path):
+            raise ReidError(f"--resume: no checkpoint {last_path} to continue from")
+        model, ckpt = load_model(last_path, args.kind, args.embedding_size if args.kind == "triplet" else None)
+        if model.num_classes not in (None, data.num_train_pids):
+            raise ReidError(f"{last_path} was trained on {model.num_classes} identities, "
+                            f"{args.dataset_folder} has {data.num_train_pids}")
+    else:
+        model = build_model(args.kind, data.num_train_pids, args.embedding_size,
+                            args.pretrained, args.pretrained_path)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = lr_schedule(args.kind, optimizer)
+    if args.resume:
+        start_epoch, best_map = ckpt["epoch"] + 1, ckpt.get("best_map", ckpt["map"])
+        if ckpt.get("optim"):
+            optimizer.load_state_dict(ckpt["optim"])
+        if "scheduler" in ckpt:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        else:  # a reference checkpoint: replay the schedule up to its epoch
+            for _ in range(start_epoch):
+                scheduler.step()
+        if "rng" in ckpt:
+            set_rng_state(ckpt["rng"])
+        print(f"resuming {last_path} at epoch {start_epoch} (best mAP so far {best_map:.4f})")
+    elif os.path.exists(last_path):
+        print(f"note: {last_path} exists and will be overwritten (use --resume to continue it)")
+
+    objective = Objective(args.kind, soft_margin=args.soft_margin)
+    num_instances = args.num_instances if args.id_batch else None
+    metrics = None
+    for epoch in range(start_epoch, args.n_epoch):
+        t0 = time.perf_counter()
+        loader = train_loader(data.train, train_tf, args.batch_size, num_instances, args.workers,
+                              seed=args.seed * 100003 + epoch)
+        stats = train_epoch(model, loader, optimizer, objective, device, epoch)
+        scheduler.step()
+        record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats,
+                  "train_seconds": time.perf_counter() - t0}
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.n_epoch:
+            metrics = evaluate(model, query_loader, gallery_loader, device)
+            record.update(metrics)
+            print(f"epoch {epoch}: loss {stats['loss']:.4f}  {format_metrics(metrics)}")
+        else:
+            print(f"epoch {epoch}: loss {stats['loss']:.4f}")
+        extra = {"scheduler": scheduler.state_dict(), "input_size": [args.height, args.width],
+                 "args": vars(args), "dataset": data.name, "train_pids": data.train_pids}
+        current_map = metrics["mAP"] if metrics else -1.0
+        if metrics and current_map > best_map:
+            best_map = current_map
+            save_checkpoint(best_path, model, current_map, epoch, optimizer, best_map=best_map, **extra)
+            record["saved_best"] = True
+        save_checkpoint(last_path, model, current_map, epoch, optimizer, best_map=best_map, rng=rng_state(), **extra)
+        append_jsonl(log_path, record)
+    print(f"best mAP {best_map:.4f} -> {best_path}; last -> {last_path}; log -> {log_path}")
+
+
+if __name__ == "__main__":
+    cli_main(main)
