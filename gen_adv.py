@@ -23,7 +23,9 @@ from reid.checkpoint import file_sha256, load_model
 from reid.data import DATASET_NAMES, build_transforms, eval_loader, load_dataset, read_image
 from reid.engine import Split, attack_split, metrics_table, split_metrics, summarize_runs
 from reid.features import extract_features
+from reid.metrics import pairwise_distance
 from reid.utils import ReidError, atomic_path, cli_main, link_or_copy, resolve_device, seed_everything
+from reid.viz import perturbation_figure, ranking_figure
 
 DATASET_FOLDERS = {"query": "query", "gallery": "bounding_box_test", "train": "bounding_box_train"}
 
@@ -92,10 +94,6 @@ def write_features(out, arrays):
         scipy.io.savemat(tmp, arrays, do_compression=True)
 
 
-def to_uint8(images):
-    return (images * 255).round().clamp(0, 255).to(torch.uint8)
-
-
 class ImageSaver:
     """Adversarial images as PNG under images/<attack>/, a dataset in the input's layout.
 
@@ -123,7 +121,7 @@ class ImageSaver:
                 link_or_copy(os.path.join(dataset_root, folder, fname), os.path.join(dst, fname))
 
     def __call__(self, clean, adv, indices):
-        base = to_uint8(clean).short()
+        base = (clean * 255).round().short()
         delta = ((adv - clean) * 255).round().clamp(-self.budget, self.budget).short()
         pixels = (base + delta).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         for img, i in zip(pixels, indices.tolist()):
@@ -131,48 +129,87 @@ class ImageSaver:
             Image.fromarray(img).save(os.path.join(self.folder, stem + ".png"))
 
 
-class FirstBatches:
-    """Keeps the first `limit` clean / adversarial images for the perturbation grid."""
+class Pictures:
+    """`--visualize K`: what a researcher looks at after an attack.
 
-    def __init__(self, limit=8):
-        self.limit, self.clean, self.adv = limit, [], []
+    A perturbation grid (clean / adversarial / amplified perturbation) of the first
+    attacked images, and for K queries their top-10 gallery before and after the
+    attack. For query attacks the attacked query is shown; for gallery attacks the
+    ranking is the attacked one but the thumbnails are the clean gallery images.
+    """
+
+    def __init__(self, out, attack, query, gallery, picked, transform, query_attacked, grid_size=8):
+        self.out, self.attack, self.query, self.gallery = out, attack, query, gallery
+        self.picked, self.transform, self.grid_size = set(picked), transform, grid_size
+        self.query_attacked = query_attacked
+        self.clean, self.adv, self.adv_queries = [], [], {}
 
     def __call__(self, clean, adv, indices):
+        """`attack_split`'s per-batch hook: keep what the pictures need."""
         have = sum(len(c) for c in self.clean)
-        if have < self.limit:
-            self.clean.append(clean[: self.limit - have].cpu())
-            self.adv.append(adv[: self.limit - have].cpu())
+        if have < self.grid_size:
+            self.clean.append(clean[: self.grid_size - have].cpu())
+            self.adv.append(adv[: self.grid_size - have].cpu())
+        for j, i in enumerate(indices.tolist() if self.query_attacked else []):
+            if i in self.picked:
+                self.adv_queries[i] = adv[j].cpu()
+
+    def _load(self, samples):
+        return torch.stack([self.transform(read_image(s.path)) for s in samples])
+
+    def write(self, clean_dist, adv_dist):
+        perturbation_figure(torch.cat(self.clean), torch.cat(self.adv),
+                            os.path.join(self.out, f"perturbation_{self.attack}.png"))
+        os.makedirs(os.path.join(self.out, "rankings"), exist_ok=True)
+        for q in sorted(self.picked):
+            rows = []
+            for label, dist in (("clean", clean_dist), (self.attack, adv_dist)):
+                top = torch.argsort(dist[q])[:10].tolist()
+                rows.append((label, self._load([self.gallery.samples[i] for i in top]),
+                             [self.gallery.pids[i] == self.query.pids[q] for i in top]))
+            clean_query = self._load([self.query.samples[q]])[0]
+            adv_query = self.adv_queries.get(q, clean_query)
+            name = os.path.splitext(os.path.basename(self.query.samples[q].path))[0]
+            ranking_figure([clean_query, adv_query], rows,
+                           os.path.join(self.out, "rankings", f"{self.attack}_{name}.png"))
 
 
-def chain(*callbacks):
-    callbacks = [c for c in callbacks if c is not None]
-    if not callbacks:
-        return None
-
-    def call(*a):
-        for c in callbacks:
-            c(*a)
-    return call
+def chain(*hooks):
+    """One per-batch hook calling each of `hooks` that is not None."""
+    hooks = [h for h in hooks if h is not None]
+    return (lambda *a: [h(*a) for h in hooks]) if hooks else None
 
 
-def ranking_pictures(out, attack, query, gallery, clean_dist, adv_dist, picked, tf, adv_queries=None):
-    """One picture per picked query: its top-10 gallery before and after the attack."""
-    from reid.viz import ranking_figure
-
-    def load(samples):
-        return torch.stack([tf(read_image(s.path)) for s in samples])
-
-    os.makedirs(os.path.join(out, "rankings"), exist_ok=True)
-    for q in picked:
-        rows, query_images = [], []
-        for label, dist in (("clean", clean_dist), (attack, adv_dist)):
-            top = torch.argsort(dist[q])[:10].tolist()
-            rows.append((label, load([gallery.samples[i] for i in top]),
-                         [int(gallery.pids[i]) == int(query.pids[q]) for i in top]))
-        clean_query = load([query.samples[q]])[0]
-        query_images = [clean_query, adv_queries.get(q, clean_query) if adv_queries else clean_query]
-        name = os.path.splitext(os.path.basename(query.samples[q].path))[0]
-        ranking_figure(query_images, rows, os.path.join(out, "rankings", f"{attack}_{name}.png"))
+def run_attack(args, name, model, loader, query, gallery, data, out, device, picked, transform, arrays):
+    """`-n` runs of one attack; returns its results.json entry."""
+    target, other = (gallery, query) if args.gallery else (query, gallery)
+    metric = "cosine" if args.cosine else "euclidean"
+    runs, stats = [], []
+    for run in range(args.nb_repeat):
+        first = run == 0
+        saver = ImageSaver(out, name, target, data, args.eps) if first and args.save_images else None
+        pictures = (Pictures(out, name, query, gallery, picked, transform, query_attacked=not args.gallery)
+                    if first and picked else None)
+        generator = torch.Generator().manual_seed(args.seed * 1000003 + run)
+        adv_feats, st = attack_split(model, loader, target, name, guides=other if args.cross_attack else None,
+                                     single=args.single, cosine=args.cosine, eps=args.eps, step=args.step,
+                                     max_iter=args.max_iter, generator=generator, device=device,
+                                     on_batch=chain(saver, pictures))
+        adv = {"gallery_feats" if args.gallery else "query_feats": adv_feats}
+        runs.append(split_metrics(query, gallery, metric, **adv))
+        stats.append(st)
+        if first:
+            arrays[f"{target.name}_features_adv_{name}"] = adv_feats.cpu().numpy()
+        if pictures is not None:
+            qf = adv.get("query_feats", query.feats)
+            gf = adv.get("gallery_feats", gallery.feats)
+            pictures.write(pairwise_distance(query.feats, gallery.feats, metric).cpu(),
+                           pairwise_distance(qf, gf, metric).cpu())
+    return {**summarize_runs(runs), "runs": runs,
+            "max_perturbation": max(s["max_perturbation"] for s in stats),
+            "attack_seconds": float(np.mean([s["attack_seconds"] for s in stats])),
+            "images_attacked": stats[0]["images_attacked"], "fallback_images": stats[0]["fallback_images"],
+            "iterations": stats[0]["iterations"], "target": target.name, "eps": args.eps, "step": args.step}
 
 
 def main(argv=None):
@@ -208,51 +245,17 @@ def main(argv=None):
               "gallery_features": gallery.feats.cpu().numpy(), "gallery_pids": gallery.pids,
               "gallery_camids": gallery.camids}
 
-    target, other = (gallery, query) if args.gallery else (query, gallery)
     picked = []
     if args.visualize:
         rng = np.random.default_rng(args.seed)
-        picked = sorted(rng.choice(len(query.pids), min(args.visualize, len(query.pids)), replace=False).tolist())
+        picked = rng.choice(len(query.pids), min(args.visualize, len(query.pids)), replace=False).tolist()
+    loader = loaders["gallery" if args.gallery else "query"]
     for name in args.attack:
-        runs, stats = [], []
-        for run in range(args.nb_repeat):
-            generator = torch.Generator().manual_seed(args.seed * 1000003 + run)
-            first = run == 0
-            grid = FirstBatches() if first and args.visualize else None
-            saver = ImageSaver(out, name, target, data, args.eps) if first and args.save_images else None
-            kept = {}
-            keep = None
-            if first and args.visualize and not args.gallery:
-                def keep(clean_b, adv_b, idx, kept=kept):
-                    for j, i in enumerate(idx.tolist()):
-                        if i in picked:
-                            kept[i] = adv_b[j].cpu()
-            adv_feats, st = attack_split(model, loaders[target.name], target, name,
-                                         guides=other if args.cross_attack else None, single=args.single,
-                                         cosine=args.cosine, eps=args.eps, step=args.step, max_iter=args.max_iter,
-                                         generator=generator, device=device, on_batch=chain(saver, grid, keep))
-            adv_q, adv_g = (None, adv_feats) if args.gallery else (adv_feats, None)
-            runs.append(split_metrics(query, gallery, metric, adv_q, adv_g))
-            stats.append(st)
-            if first:
-                arrays[f"{target.name}_features_adv_{name}"] = adv_feats.cpu().numpy()
-            if grid is not None:
-                from reid.viz import perturbation_figure
-                perturbation_figure(torch.cat(grid.clean), torch.cat(grid.adv),
-                                    os.path.join(out, f"perturbation_{name}.png"))
-                from reid.metrics import pairwise_distance
-                qf, gf = (query.feats, adv_feats) if args.gallery else (adv_feats, gallery.feats)
-                ranking_pictures(out, name, query, gallery, pairwise_distance(query.feats, gallery.feats, metric).cpu(),
-                                 pairwise_distance(qf, gf, metric).cpu(), picked, tf, kept)
-        results["attacks"][name] = {
-            **summarize_runs(runs), "runs": runs,
-            "max_perturbation": max(s["max_perturbation"] for s in stats),
-            "attack_seconds": float(np.mean([s["attack_seconds"] for s in stats])),
-            "images_attacked": stats[0]["images_attacked"], "fallback_images": stats[0]["fallback_images"],
-            "iterations": stats[0]["iterations"], "target": target.name, "eps": args.eps, "step": args.step}
+        entry = run_attack(args, name, model, loader, query, gallery, data, out, device, picked, tf, arrays)
+        results["attacks"][name] = entry
         write_json(os.path.join(out, "results.json"), results)  # after each attack: nothing lost
-        print(f"{name}: mAP {100 * results['attacks'][name]['mean']['mAP']:.2f} "
-              f"({stats[0]['images_attacked']} images, {results['attacks'][name]['attack_seconds']:.1f} s)")
+        print(f"{name}: mAP {100 * entry['mean']['mAP']:.2f} ({entry['images_attacked']} images attacked, "
+              f"{entry['attack_seconds']:.1f} s)")
     write_json(os.path.join(out, "results.json"), results)
     if args.save_features:
         write_features(out, arrays)

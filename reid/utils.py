@@ -53,6 +53,12 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path next to `path`; rename it over `path` only on success.
@@ -66,6 +72,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; give it normal permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

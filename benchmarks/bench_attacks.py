@@ -1,0 +1,121 @@
+"""Speed of gen_adv's attack loop against the bound T x (forward + backward).
+
+In one run, on one model, batch size and input size: times one forward + backward
+pass with respect to the input (the unit cost of an iteration), then gen_adv's attack
+loop (`reid.engine.attack_split`: guide selection, T advertorch iterations per batch,
+adversarial features, bookkeeping) for several attacks, and reports
+
+    efficiency = n_batches * T * t(forward + backward) / t(attack loop)
+
+(1.0 = the attack costs nothing beyond its gradient passes; the target is >= 0.9).
+Images are served from memory so that data loading, which gen_adv overlaps with
+workers, does not blur the figure.
+
+    python benchmarks/bench_attacks.py --out bench_attacks.json                 # CPU, 64x32
+    python benchmarks/bench_attacks.py --device cuda --height 256 --width 128 \\
+        --images 3368 --batch 128 --out bench_attacks_gpu.json                 # Market-sized query set
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from reid.engine import Split, attack_split  # noqa: E402
+from reid.models import ReidNet  # noqa: E402
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forward_backward_seconds(model, images, device, repeats):
+    """Median time of one forward + backward pass w.r.t. the input (weights frozen, eval mode)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    times = []
+    for _ in range(repeats + 1):  # the first pass warms up
+        x = images.clone().requires_grad_(True)
+        sync(device)
+        t = time.perf_counter()
+        model(x).pow(2).sum().backward()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return statistics.median(times[1:])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--images", type=int, default=128, help="size of the attacked set")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--iters", type=int, default=10, help="T")
+    p.add_argument("--attacks", nargs="+", default=["IFGSM", "SMA", "FNA"])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--out", default="benchmarks/bench_attacks.json")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = ReidNet("classif", num_classes=100).to(device).eval()
+    images = torch.rand(args.images, 3, args.height, args.width)
+    pids = np.arange(args.images) // 4 + 1  # 4 images per identity, as in a query set
+    camids = np.arange(args.images) % 6
+    with torch.no_grad():
+        feats = torch.cat([model(images[i:i + args.batch].to(device)) for i in range(0, args.images, args.batch)])
+    split = Split("query", feats, pids, camids, samples=[None] * args.images)
+    loader = [(images[i:i + args.batch], None, None, torch.arange(i, min(i + args.batch, args.images)))
+              for i in range(0, args.images, args.batch)]
+    # Move the batches once; an on-device loader is what workers + pinned memory approximate.
+    loader = [(x.to(device), a, b, idx) for x, a, b, idx in loader]
+
+    fb = forward_backward_seconds(model, loader[0][0], device, args.repeats)
+    n_batches = len(loader)
+    full = [b for b in loader if len(b[0]) == args.batch]
+    bound_per_batch = args.iters * fb
+    results = {}
+    for name in args.attacks:
+        gen = torch.Generator().manual_seed(0)
+        attack_split(model, full[:1], split, name, max_iter=1, generator=gen, device=device)  # warm-up
+        sync(device)
+        t = time.perf_counter()
+        _, stats = attack_split(model, loader, split, name, eps=5, step=1, max_iter=args.iters,
+                                generator=gen, device=device)
+        sync(device)
+        seconds = time.perf_counter() - t
+        bound = bound_per_batch * n_batches * (args.images / (n_batches * args.batch))
+        results[name] = {"attack_seconds": seconds, "bound_seconds": bound, "efficiency": bound / seconds,
+                         "max_perturbation": stats["max_perturbation"]}
+        print(f"{name:<8} attack {seconds:8.3f} s   bound {bound:8.3f} s   efficiency {bound / seconds:.3f}")
+    report = {
+        "benchmark": "attack loop vs T x (forward + backward)",
+        "config": {k: v for k, v in vars(args).items() if k != "out"},
+        "forward_backward_seconds": fb,
+        "attacks": results,
+        "machine": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+                    or platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "python": platform.python_version()},
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"forward+backward {fb * 1000:.1f} ms per batch of {args.batch}; -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
