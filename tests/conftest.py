@@ -1,6 +1,7 @@
 """Shared fixtures: tiny hand-made datasets in the real layouts, tiny models."""
 
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -45,5 +46,30 @@ def synthetic_dataset(tmp_path_factory):
     from reid.data.synthetic import generate
 
     out = str(tmp_path_factory.mktemp("synthetic") / "market")
-    generate(out, ids=12, cams=3, seed=0)
+    generate(out, ids=12, cams=3, seed=0, distractors=6, junk=3)
     return out
+
+
+SMALL = ["--height", "64", "--width", "32"]
+
+
+def run_cli(*args, check=True):
+    """Run one of the CLIs as a user would; returns the CompletedProcess."""
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def train_cli(dataset, ckpt_dir, *extra, epochs=1):
+    """train.py at 64x32 on CPU, checkpoint `m.th` in `ckpt_dir`."""
+    return run_cli("train.py", dataset, "--classif", "-n", epochs, "-b", 16, "-f", "m.th", *SMALL,
+                   "--workers", 0, "--device", "cpu", "--checkpoint-dir", ckpt_dir, *extra)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(synthetic_dataset, tmp_path_factory):
+    """Folder holding `m.th`: a classification model trained 2 epochs (seed 0) on the synthetic data."""
+    ckpt_dir = tmp_path_factory.mktemp("ckpt")
+    train_cli(synthetic_dataset, ckpt_dir, epochs=2)
+    return ckpt_dir

@@ -2,54 +2,31 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from reid.checkpoint import read_checkpoint
-from tests.conftest import ROOT
+from tests.conftest import SMALL, run_cli as run, train_cli as train
 
-SIZE = ["--height", "64", "--width", "32"]
 METRIC_KEYS = {"mAP", "rank1", "rank5", "rank10", "mINP"}
 
 
-def run(*args, check=True):
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "2"})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def train(dataset, ckpt_dir, *extra, epochs=1):
-    return run("train.py", dataset, "--classif", "-n", str(epochs), "-b", "16", "-f", "m.th", *SIZE,
-               "--workers", "0", "--device", "cpu", "--checkpoint-dir", str(ckpt_dir), *extra)
-
-
-@pytest.fixture(scope="module")
-def trained(synthetic_dataset, tmp_path_factory):
-    ckpt_dir = tmp_path_factory.mktemp("ckpt")
-    train(synthetic_dataset, ckpt_dir, epochs=2)
-    return ckpt_dir
-
-
-def test_train_writes_checkpoints_and_log(trained):
-    assert {"m.th", "m-last.th", "m.log.jsonl"} <= set(os.listdir(trained))
-    log = [json.loads(line) for line in open(trained / "m.log.jsonl")]
+def test_train_writes_checkpoints_and_log(trained_checkpoint):
+    assert {"m.th", "m-last.th", "m.log.jsonl"} <= set(os.listdir(trained_checkpoint))
+    log = [json.loads(line) for line in open(trained_checkpoint / "m.log.jsonl")]
     assert [r["epoch"] for r in log] == [0, 1]
     assert all(METRIC_KEYS <= set(r) and 0 <= r["mAP"] <= 1 for r in log)
-    last = read_checkpoint(str(trained / "m-last.th"))
-    best = read_checkpoint(str(trained / "m.th"))
+    last = read_checkpoint(str(trained_checkpoint / "m-last.th"))
+    best = read_checkpoint(str(trained_checkpoint / "m.th"))
     assert last["epoch"] == 1 and last["input_size"] == [64, 32]
     assert best["map"] == max(r["mAP"] for r in log) == last["best_map"]
 
 
-def test_gen_adv_clean_results_and_features(trained, synthetic_dataset, tmp_path):
+def test_gen_adv_clean_results_and_features(trained_checkpoint, synthetic_dataset, tmp_path):
     out = tmp_path / "eval"
-    proc = run("gen_adv.py", str(trained), synthetic_dataset, "m.th", "--classif", "-a", "clean",
+    proc = run("gen_adv.py", str(trained_checkpoint), synthetic_dataset, "m.th", "--classif", "-a", "clean",
                "--device", "cpu", "--workers", "0", "--out", str(out), "--save-features")
     assert "mAP" in proc.stdout
     results = json.load(open(out / "results.json"))
@@ -58,7 +35,7 @@ def test_gen_adv_clean_results_and_features(trained, synthetic_dataset, tmp_path
     assert results["config"]["input_size"] == [64, 32]  # read from the checkpoint
     assert len(results["config"]["checkpoint_sha256"]) == 64
     # the checkpoint's logged mAP is what gen_adv measures on the same model
-    best = read_checkpoint(str(trained / "m.th"))
+    best = read_checkpoint(str(trained_checkpoint / "m.th"))
     assert results["clean"]["mAP"] == pytest.approx(best["map"], abs=1e-6)
     feats = np.load(out / "features.npz")
     assert {"query_features", "query_pids", "query_camids", "gallery_features", "gallery_pids",
@@ -67,11 +44,10 @@ def test_gen_adv_clean_results_and_features(trained, synthetic_dataset, tmp_path
     assert (out / "features.mat").exists()
 
 
-def test_resume_continues_exactly(synthetic_dataset, tmp_path):
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train(synthetic_dataset, straight, "--seed", "3", epochs=2)
-    train(synthetic_dataset, resumed, "--seed", "3", epochs=1)
-    proc = train(synthetic_dataset, resumed, "--seed", "3", "--resume", epochs=2)
+def test_resume_continues_exactly(synthetic_dataset, trained_checkpoint, tmp_path):
+    straight, resumed = trained_checkpoint, tmp_path / "resumed"  # `trained`: 2 epochs in one go, seed 0
+    train(synthetic_dataset, resumed, epochs=1)
+    proc = train(synthetic_dataset, resumed, "--resume", epochs=2)
     assert "resuming" in proc.stdout
     a = read_checkpoint(str(straight / "m-last.th"))
     b = read_checkpoint(str(resumed / "m-last.th"))
@@ -113,9 +89,9 @@ def test_cli_errors_are_one_line(args, needle):
     assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
-def test_gen_adv_kind_mismatch_writes_nothing(trained, synthetic_dataset, tmp_path):
+def test_gen_adv_kind_mismatch_writes_nothing(trained_checkpoint, synthetic_dataset, tmp_path):
     out = tmp_path / "never"
-    proc = run("gen_adv.py", str(trained), synthetic_dataset, "m.th", "--triplet", "--out", str(out), check=False)
+    proc = run("gen_adv.py", str(trained_checkpoint), synthetic_dataset, "m.th", "--triplet", "--out", str(out), check=False)
     assert proc.returncode == 2 and "--triplet" in proc.stderr and not out.exists()
 
 
@@ -125,7 +101,7 @@ def test_train_unreadable_image_is_one_line(synthetic_dataset, tmp_path):
     shutil.copytree(synthetic_dataset, data)
     victim = sorted(os.listdir(data / "bounding_box_train"))[0]
     (data / "bounding_box_train" / victim).write_bytes(b"broken")
-    proc = run("train.py", str(data), "-n", "1", "-b", "8", *SIZE, "--workers", "1", "--device", "cpu",
+    proc = run("train.py", str(data), "-n", "1", "-b", "8", *SMALL, "--workers", "1", "--device", "cpu",
                "--checkpoint-dir", str(tmp_path / "ck"), check=False)
     last = proc.stderr.strip().splitlines()[-1]  # progress bars may precede it
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
