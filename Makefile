@@ -18,14 +18,17 @@ $(STAMP): requirements.lock
 	$(PYTHON) -m pip install --disable-pip-version-check -q -r requirements.lock
 	touch $(STAMP)
 
+# Generated aside and renamed, so an interrupted generation is never mistaken for a dataset.
 $(DEMO_DATA)/query: | $(STAMP)
-	$(PYTHON) -m reid.data.synthetic $(DEMO_DATA) --seed 0
+	rm -rf $(DEMO_DATA).partial
+	$(PYTHON) -m reid.data.synthetic $(DEMO_DATA).partial --seed 0
+	mv $(DEMO_DATA).partial $(DEMO_DATA)
 
 demo: $(STAMP) $(DEMO_DATA)/query
 	$(PYTHON) train.py $(DEMO_DATA) --classif -n $(DEMO_EPOCHS) -b 32 -f demo.th $(DEMO_SIZE) \
 		--workers 2 --device cpu --checkpoint-dir $(DEMO_CKPT_DIR)
-	$(PYTHON) gen_adv.py $(DEMO_CKPT_DIR) $(DEMO_DATA) demo.th --classif -a all $(DEMO_SIZE) \
-		--workers 2 --device cpu --out attacks/demo
+	$(PYTHON) gen_adv.py $(DEMO_CKPT_DIR) $(DEMO_DATA) demo.th --classif -a all --eps 5 --max_iter 5 \
+		--workers 2 --device cpu --out attacks/demo --visualize 2
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -q tests
