@@ -95,14 +95,14 @@ def test_gen_adv_kind_mismatch_writes_nothing(trained_checkpoint, synthetic_data
     assert proc.returncode == 2 and "--triplet" in proc.stderr and not out.exists()
 
 
-def test_train_unreadable_image_is_one_line(synthetic_dataset, tmp_path):
+def test_unreadable_image_in_a_loader_worker_is_one_line(trained_checkpoint, synthetic_dataset, tmp_path):
     import shutil
     data = tmp_path / "broken"
     shutil.copytree(synthetic_dataset, data)
-    victim = sorted(os.listdir(data / "bounding_box_train"))[0]
-    (data / "bounding_box_train" / victim).write_bytes(b"broken")
-    proc = run("train.py", str(data), "-n", "1", "-b", "8", *SMALL, "--workers", "1", "--device", "cpu",
-               "--checkpoint-dir", str(tmp_path / "ck"), check=False)
+    victim = sorted(os.listdir(data / "query"))[0]
+    (data / "query" / victim).write_bytes(b"broken")
+    proc = run("gen_adv.py", trained_checkpoint, data, "m.th", "--workers", "1", "--device", "cpu",
+               "--out", tmp_path / "out", check=False)
     last = proc.stderr.strip().splitlines()[-1]  # progress bars may precede it
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert last.startswith("error: cannot read image") and victim in last
