@@ -5,10 +5,12 @@ import re
 import subprocess
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from reid.data import load_dataset
 from reid.data.synthetic import SPLITS, generate, main
 from reid.utils import ReidError, cli_main
 
@@ -31,8 +33,8 @@ def _parse(root):
 
 
 def _read_all(root):
-    return {(split, f): open(os.path.join(root, split, f), "rb").read()
-            for split in SPLITS for f in os.listdir(os.path.join(root, split))}
+    """{(split, fname): file bytes} of a generated dataset."""
+    return {(split, p.name): p.read_bytes() for split in SPLITS for p in (Path(root) / split).iterdir()}
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +88,15 @@ def test_distractors_and_junk_in_gallery(small):
     assert sum(p == -1 for p, _, _ in gallery) == counts["junk"] == 3
     assert any(f.startswith("-1_c") for _, _, f in gallery)
     assert any(f.startswith("0000_c") for _, _, f in gallery)
+
+
+def test_the_market_parser_reads_it(small):
+    root, counts = small
+    data = load_dataset(root, "market")
+    assert data.num_train_pids == counts["train_ids"]
+    assert sorted({s.pid for s in data.train}) == list(range(counts["train_ids"]))
+    assert len(data.query) == counts["query"]
+    assert len(data.gallery) == counts["gallery"] - counts["junk"]
 
 
 def test_images_have_the_requested_size(small):

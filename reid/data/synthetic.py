@@ -8,7 +8,7 @@ This module draws one, and each choice below serves that aim:
   holding `PPPP_cCsS_FFFFFF_NN.jpg`, so the real parser reads it unchanged.
 * Open set: training and test identities are disjoint, and person ids are scattered
   numbers in 1..1501 (as in Market), so relabelling to 0..N-1 is exercised.
-* Cross-camera retrieval: every identity is seen by 2 to 4 cameras. A test identity
+* Cross-camera retrieval: every identity is seen by 2 to 6 cameras. A test identity
   has one query per camera and gallery images in each of its cameras, so every query
   keeps true matches after the Market protocol drops same-id same-camera images.
 * Gallery noise as in Market: distractors (pid 0000, person-like figures that belong
@@ -27,7 +27,7 @@ This module draws one, and each choice below serves that aim:
 
 Every random draw comes from a numpy Generator seeded by (seed, stream, index) and
 images are saved with a fixed JPEG quality: the same arguments give byte-identical
-files, and one identity looks the same whatever the other arguments are.
+files, and a person's attributes depend only on the seed and its pid.
 """
 
 import argparse
@@ -43,8 +43,9 @@ from PIL import Image, ImageDraw, ImageFilter
 from reid.utils import ReidError, cli_main
 
 SPLITS = ("bounding_box_train", "query", "bounding_box_test")
-MAX_CAMS_PER_ID = 4
+MAX_CAMS_PER_ID = 6
 MAX_PID = 9999  # pids are written with four digits
+MAX_PER_CAM = 100  # images per tracklet; keeps frame numbers within six digits
 
 # Part labels drawn into the label map, coloured afterwards.
 BG, SKIN, HAIR, UPPER, UPPER2, LOWER, SHOES, BAG, HAT = range(9)
@@ -185,7 +186,7 @@ def _background(rng, height, width):
 
 def _sample_camera(rng, height, width):
     """Draw the viewing conditions of one camera."""
-    view_probs = rng.dirichlet((1.5, 1.0, 0.3, 0.3))
+    view_probs = rng.dirichlet((2.0, 1.0, 0.3, 0.3))
     return Camera(
         background=_background(rng, 2 * height, 2 * width),
         gain=rng.uniform(0.85, 1.1) * rng.uniform(0.94, 1.06, 3).astype(np.float32),
@@ -332,19 +333,16 @@ def _apply_pattern(labels, p, pose):
 
 
 def _render(p, cam, pose, bg_offset, rng, height, width, blur=None):
-    """One image of person `p` (or no one if `p` is None) seen by `cam`; (H, W, 3) uint8."""
+    """One PIL image of person `p` in `pose` seen by `cam`, over its background."""
     oy, ox = bg_offset
-    image = cam.background[oy:oy + height, ox:ox + width].copy()
-    if p is not None:
-        layer = Image.new("L", (width, height), BG)
-        _draw_person(layer, p, pose)
-        labels = _apply_pattern(np.asarray(layer), p, pose)
-        figure = labels != BG
-        xx = np.arange(width, dtype=np.float32)[None, :]
-        shade = 1.0 + cam.light * (xx - pose.cx) / (0.25 * pose.height)
-        shade = np.clip(shade, 0.6, 1.4) * rng.uniform(0.97, 1.03, (height, width))
-        colours = p.colours[labels] * shade[..., None]
-        image = np.where(figure[..., None], colours, image)
+    layer = Image.new("L", (width, height), BG)
+    _draw_person(layer, p, pose)
+    labels = _apply_pattern(np.asarray(layer), p, pose)
+    xx = np.arange(width, dtype=np.float32)[None, :]
+    shade = 1.0 + cam.light * (xx - pose.cx) / (0.25 * pose.height)
+    shade = np.clip(shade, 0.6, 1.4) * rng.uniform(0.97, 1.03, (height, width))
+    image = np.where((labels != BG)[..., None], p.colours[labels] * shade[..., None],
+                     cam.background[oy:oy + height, ox:ox + width])
     image = image * cam.gain * rng.uniform(0.85, 1.15)
     grey = image.mean(axis=2, keepdims=True)
     image = grey + cam.saturation * (image - grey)
@@ -356,10 +354,10 @@ def _render(p, cam, pose, bg_offset, rng, height, width, blur=None):
 
 
 class _Tracklet:
-    """Successive images of one person in one camera: shared view, framing, sequence."""
+    """Successive images of one person in one camera: same view and framing, walking on."""
 
     def __init__(self, rng, cam, person_height, height, width):
-        self.rng, self.cam = rng, cam
+        self.rng = rng
         self.height, self.width = height, width
         self.view = int(rng.choice(4, p=cam.view_probs))
         self.scale = cam.scale * person_height * rng.uniform(0.95, 1.05)
@@ -441,8 +439,9 @@ def _check_args(ids, test_ids, cams, height, width, train_per_cam, gallery_per_c
         raise ReidError(f"--cams {cams}: expected 2..9 cameras (one digit in Market names)")
     if height < 32 or width < 16:
         raise ReidError(f"--height {height} --width {width}: images must be at least 32x16")
-    if train_per_cam < 1 or gallery_per_cam < 1:
-        raise ReidError(f"--train-per-cam {train_per_cam} --gallery-per-cam {gallery_per_cam}: need at least 1")
+    if not (1 <= train_per_cam <= MAX_PER_CAM and 1 <= gallery_per_cam <= MAX_PER_CAM):
+        raise ReidError(f"--train-per-cam {train_per_cam} --gallery-per-cam {gallery_per_cam}: "
+                        f"expected 1..{MAX_PER_CAM}")
     if distractors < 0 or junk < 0:
         raise ReidError(f"--distractors {distractors} --junk {junk}: counts cannot be negative")
     if not 1 <= quality <= 100:
@@ -460,11 +459,11 @@ def _prepare_folders(out_dir, overwrite):
 
 
 def generate(out_dir, ids=100, cams=6, seed=0, height=128, width=64, test_ids=None,
-             train_per_cam=4, gallery_per_cam=2, distractors=50, junk=20, quality=90, overwrite=False):
+             train_per_cam=3, gallery_per_cam=2, distractors=50, junk=20, quality=90, overwrite=False):
     """Write the synthetic dataset to `out_dir`; returns a dict of counts.
 
     `ids` training identities and `test_ids` (default: `ids`) test identities, each seen
-    by 2..4 of the `cams` cameras: `train_per_cam` training images per camera, or one
+    by 2..6 of the `cams` cameras: `train_per_cam` training images per camera, or one
     query and `gallery_per_cam` gallery images per camera. The gallery also gets
     `distractors` images with pid 0 and `junk` images with pid -1. Counts returned:
     train_ids, train_images, test_ids, query, gallery (all of bounding_box_test,
@@ -476,7 +475,7 @@ def generate(out_dir, ids=100, cams=6, seed=0, height=128, width=64, test_ids=No
     train_dir, query_dir, gallery_dir = (os.path.join(out_dir, s) for s in SPLITS)
 
     cameras = [_sample_camera(np.random.default_rng([seed, 0, c]), height, width) for c in range(cams)]
-    pool = max(1501, 2 * (ids + test_ids)) if ids + test_ids <= MAX_PID // 2 else MAX_PID
+    pool = min(MAX_PID, max(1501, 2 * (ids + test_ids)))
     pids = np.random.default_rng([seed, 2]).choice(np.arange(1, pool + 1), ids + test_ids, replace=False)
     train_pids, test_pids = sorted(pids[:ids].tolist()), sorted(pids[ids:].tolist())
 
@@ -518,8 +517,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--height", type=int, default=128, help="image height (default 128)")
     parser.add_argument("--width", type=int, default=64, help="image width (default 64)")
-    parser.add_argument("--train-per-cam", type=int, default=4,
-                        help="training images per identity per camera (default 4)")
+    parser.add_argument("--train-per-cam", type=int, default=3,
+                        help="training images per identity per camera (default 3)")
     parser.add_argument("--gallery-per-cam", type=int, default=2,
                         help="gallery images per test identity per camera, besides its query (default 2)")
     parser.add_argument("--distractors", type=int, default=50, help="gallery distractors, pid 0000 (default 50)")
