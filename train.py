@@ -3,17 +3,21 @@
 
 Reference usage (the paper's README):
   python train.py DATA --dataset duke --lr 0.00035 -wd 5e-4 -n 60 -f model.th -b 32 --classif --pretrained
+  python train.py DATA --dataset duke --lr 0.00035 -wd 5e-4 -n 60 -f goat.th -b 32 --classif --pretrained \
+      --adv --push --pull        # GOAT (run sort_dataset.py DATA first)
 """
 
 import argparse
 import os
 import time
+from dataclasses import asdict
 
 import torch
 
 from reid.checkpoint import load_model, rng_state, save_checkpoint, set_rng_state
 from reid.data import DATASET_NAMES, build_transforms, eval_loader, load_dataset, train_loader
 from reid.engine import Objective, append_jsonl, evaluate, format_metrics, lr_schedule, train_epoch
+from reid.goat import Goat, GuidePool, goat_config
 from reid.models import build_model
 from reid.utils import ReidError, cli_main, resolve_device, seed_everything
 
@@ -47,6 +51,15 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=4, help="data loading processes (default 4)")
     p.add_argument("--checkpoint-dir", default=os.path.join("models", "checkpoints"))
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (and at the last)")
+    goat = p.add_argument_group("GOAT adversarial training (see reid/goat.py)")
+    goat.add_argument("--adv", action="store_true", help="train on adversarial batches (GOAT)")
+    goat.add_argument("--sma", action="store_true", help="pushing guide: the image's own feature (SMA)")
+    goat.add_argument("--push", type=int, nargs="?", const=4, metavar="N",
+                      help="N pushing guides of the same identity from sorted/train (default 4)")
+    goat.add_argument("--pull", action="store_true", help="plus the furthest other-identity feature of the batch")
+    goat.add_argument("--adv-eps", type=float, default=5.0, help="L-inf budget in /255 (default 5)")
+    goat.add_argument("--adv-iters", type=int, default=7, help="PGD iterations (default 7)")
+    goat.add_argument("--adv-step", type=float, default=1.0, help="PGD step in /255 (default 1)")
     args = p.parse_args(argv)
     args.kind = args.kind or "classif"
     for flag, value, low in (("-n", args.n_epoch, 1), ("-b", args.batch_size, 1), ("--eval-every", args.eval_every, 1),
@@ -56,6 +69,8 @@ def parse_args(argv=None):
             raise ReidError(f"{flag} {value}: expected an integer >= {low}")
     if args.lr <= 0:
         raise ReidError(f"--lr {args.lr}: expected a positive learning rate")
+    args.goat = goat_config(args.adv, args.sma, args.push, args.pull, args.id_batch,
+                            args.adv_eps, args.adv_iters, args.adv_step)
     return args
 
 
@@ -74,6 +89,10 @@ def main(argv=None):
 
     data = load_dataset(args.dataset_folder, args.dataset)
     print(data.summary())
+    pool = GuidePool.from_dataset(data, args.goat.num_push) if args.goat and args.goat.push == "pool" else None
+    goat_state = asdict(args.goat) if args.goat else None
+    if args.goat:
+        print(args.goat.describe())
     train_tf = build_transforms(args.height, args.width, train=True)
     test_tf = build_transforms(args.height, args.width, train=False)
     query_loader = eval_loader(data.query, test_tf, args.batch_size, args.workers)
@@ -87,6 +106,9 @@ def main(argv=None):
         if model.num_classes not in (None, data.num_train_pids):
             raise ReidError(f"{last_path} was trained on {model.num_classes} identities, "
                             f"{args.dataset_folder} has {data.num_train_pids}")
+        if ckpt.get("goat", goat_state) != goat_state:
+            raise ReidError(f"--resume: {last_path} was trained with GOAT settings {ckpt.get('goat')}, "
+                            f"the flags given ask for {goat_state}")
     else:
         model = build_model(args.kind, data.num_train_pids, args.embedding_size,
                             args.pretrained, args.pretrained_path)
@@ -109,13 +131,15 @@ def main(argv=None):
         print(f"note: {last_path} exists and will be overwritten (use --resume to continue it)")
 
     objective = Objective(args.kind, soft_margin=args.soft_margin)
+    prepare_batch = Goat(args.goat) if args.goat else None
     num_instances = args.num_instances if args.id_batch else None
     metrics = None
     for epoch in range(start_epoch, args.n_epoch):
         t0 = time.perf_counter()
         loader = train_loader(data.train, train_tf, args.batch_size, num_instances, args.workers,
-                              seed=args.seed * 100003 + epoch)
-        stats = train_epoch(model, loader, optimizer, objective, device, epoch)
+                              seed=args.seed * 100003 + epoch, companions=pool)
+        stats = train_epoch(model, loader, optimizer, objective, device, epoch,
+                            prepare_batch=prepare_batch)
         scheduler.step()
         record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats,
                   "train_seconds": time.perf_counter() - t0}
@@ -126,7 +150,8 @@ def main(argv=None):
         else:
             print(f"epoch {epoch}: loss {stats['loss']:.4f}")
         extra = {"scheduler": scheduler.state_dict(), "input_size": [args.height, args.width],
-                 "args": vars(args), "dataset": data.name, "train_pids": data.train_pids}
+                 "args": {**vars(args), "goat": goat_state}, "dataset": data.name,
+                 "train_pids": data.train_pids, "goat": goat_state}
         current_map = metrics["mAP"] if metrics else -1.0
         if metrics and current_map > best_map:
             best_map = current_map

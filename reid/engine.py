@@ -69,14 +69,16 @@ class Objective:
 
 
 def train_epoch(model, loader, optimizer, objective, device, epoch, prepare_batch=None):
-    """One epoch; `prepare_batch(model, images, labels)` may replace the batch (GOAT)."""
+    """One epoch; `prepare_batch(model, images, labels, *companions)` may replace the batch
+    (GOAT), where `companions` are the loader's extra per-sample images, if any."""
     model.train()
     total_loss, total_acc, n = 0.0, 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
-    for images, labels, _, _ in bar:
+    for images, labels, _, _, *companions in bar:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         if prepare_batch is not None:
-            images = prepare_batch(model, images, labels)
+            companions = [c.to(device, non_blocking=True) for c in companions]
+            images = prepare_batch(model, images, labels, *companions)
         loss, acc = objective(model, images, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -16,6 +16,17 @@ if ROOT not in sys.path:
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def tiny_model(seed=0, dim=16):
+    """A small random CNN with the re-ID models' contract: images in [0, 1] -> features (B, D)."""
+    import torch.nn as nn
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten(), nn.Linear(32, dim),
+    ).eval()
+
+
 def write_image(path, seed=0, size=(16, 32)):
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -61,10 +72,10 @@ def run_cli(*args, check=True):
     return proc
 
 
-def train_cli(dataset, ckpt_dir, *extra, epochs=1):
+def train_cli(dataset, ckpt_dir, *extra, epochs=1, check=True):
     """train.py at 64x32 on CPU, checkpoint `m.th` in `ckpt_dir`."""
     return run_cli("train.py", dataset, "--classif", "-n", epochs, "-b", 16, "-f", "m.th", *SMALL,
-                   "--workers", 0, "--device", "cpu", "--checkpoint-dir", ckpt_dir, *extra)
+                   "--workers", 0, "--device", "cpu", "--checkpoint-dir", ckpt_dir, *extra, check=check)
 
 
 @pytest.fixture(scope="session")

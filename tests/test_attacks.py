@@ -8,7 +8,6 @@ import itertools
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from reid.attacks import (
@@ -26,17 +25,9 @@ from reid.attacks import (
     resolve_attack_names,
 )
 from reid.utils import ReidError
+from tests.conftest import tiny_model
 
 EPS = 5.0
-
-
-def tiny_model(seed=0, dim=16):
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.ReLU(),
-        nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten(), nn.Linear(32, dim),
-    ).eval()
 
 
 # identities: 1 x5, 2 x3, 3 x2, 4 x1 (singleton -> fallback), 5 x4, distractors 0, junk -1

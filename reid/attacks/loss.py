@@ -50,17 +50,23 @@ def pack_bank_guides(bank, index, weights, bank_sqnorm=None):
     bank (M, D), index (B, K) rows of bank, weights (B, K); ``bank_sqnorm`` = the bank's
     squared row norms (M,), precomputed once per run if given. The weighted sum is one
     ``embedding_bag``, so the cost is O(B * K * D) reads and O(B * D) memory.
+    ``index=None``: ``weights`` is a dense (B, M) matrix over every row of the bank (small
+    banks, e.g. GOAT's batch + pool features), and the weighted sum is one matmul.
     """
     weights = weights.to(bank.dtype)
     if bank_sqnorm is None:
         bank_sqnorm = bank.pow(2).sum(1)
-    if index.shape[1] == 0:
-        g_sum = bank.new_zeros(index.shape[0], bank.shape[1])
+    if index is None:
+        if weights.dim() != 2 or weights.shape[1] != bank.shape[0]:
+            raise ValueError(f"pack_bank_guides: dense weights must be (B, {bank.shape[0]}), "
+                             f"got {tuple(weights.shape)}")
+        g_sum, sq = weights @ bank, weights * bank_sqnorm
+    elif index.shape[1] == 0:
+        g_sum, sq = bank.new_zeros(index.shape[0], bank.shape[1]), weights
     else:
         g_sum = F.embedding_bag(index, bank, per_sample_weights=weights, mode="sum")
-    w_sum = weights.sum(1, keepdim=True)
-    c_sum = (weights * bank_sqnorm[index]).sum(1, keepdim=True)
-    return torch.cat([g_sum, w_sum, c_sum], dim=1)
+        sq = weights * bank_sqnorm[index]
+    return torch.cat([g_sum, weights.sum(1, keepdim=True), sq.sum(1, keepdim=True)], dim=1)
 
 
 class GuidedLoss(nn.Module):

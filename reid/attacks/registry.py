@@ -114,22 +114,26 @@ def check_single(name, single):
     return name
 
 
-def check_budget(eps=5.0, step=1.0, max_iter=15):
-    """Validate the budget in /255 units; return (eps, step) as fractions of 1 and max_iter."""
+def check_budget(eps=5.0, step=1.0, max_iter=15, flags=("--eps", "--step", "--max_iter")):
+    """Validate the budget in /255 units; return (eps, step) as fractions of 1 and max_iter.
+
+    ``flags``: the option names the error messages cite (train.py's GOAT flags differ).
+    """
+    eps_flag, step_flag, iter_flag = flags
     try:
         eps, step = float(eps), float(step)
     except (TypeError, ValueError):
-        raise ReidError(f"--eps {eps!r} / --step {step!r}: expected numbers") from None
+        raise ReidError(f"{eps_flag} {eps!r} / {step_flag} {step!r}: expected numbers") from None
     if not 0 < eps <= 255:
-        raise ReidError(f"--eps {eps:g}: must be in (0, 255] (an L-inf budget in /255 units)")
+        raise ReidError(f"{eps_flag} {eps:g}: must be in (0, 255] (an L-inf budget in /255 units)")
     if not step > 0:
-        raise ReidError(f"--step {step:g}: must be > 0 (in /255 units)")
+        raise ReidError(f"{step_flag} {step:g}: must be > 0 (in /255 units)")
     try:
         bad = isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 1
     except (TypeError, ValueError):
         bad = True
     if bad:
-        raise ReidError(f"--max_iter {max_iter}: must be an integer >= 1")
+        raise ReidError(f"{iter_flag} {max_iter}: must be an integer >= 1")
     return eps / 255.0, step / 255.0, int(max_iter)
 
 

@@ -18,28 +18,39 @@ def read_image(path):
 
 
 class ImageDataset(Dataset):
-    """Yields (image, pid, camid, index); index lets attacks find their guides."""
+    """Yields (image, pid, camid, index); index lets attacks find their guides.
 
-    def __init__(self, samples, transform):
+    ``companions(index) -> paths``, if given, adds a fifth element: those images, loaded
+    through the same transform and stacked (N, 3, H, W). GOAT's pushing guides come this
+    way, so they are read in the loader's workers, batch by batch, never held in memory.
+    """
+
+    def __init__(self, samples, transform, companions=None):
         self.samples = list(samples)
         self.transform = transform
+        self.companions = companions
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, index):
         path, pid, camid = self.samples[index]
-        return self.transform(read_image(path)), pid, camid, index
+        item = (self.transform(read_image(path)), pid, camid, index)
+        if self.companions is None:
+            return item
+        extra = torch.stack([self.transform(read_image(p)) for p in self.companions(index)])
+        return item + (extra,)
 
 
-def train_loader(samples, transform, batch_size, num_instances=None, workers=0, seed=0):
+def train_loader(samples, transform, batch_size, num_instances=None, workers=0, seed=0, companions=None):
     """Training loader; `num_instances` switches to P x K identity batches.
 
     The order depends only on `seed` (pass seed and epoch combined), not on the
     global RNG state, so a resumed run sees the same batches as an unbroken one.
+    `companions`: extra images per sample (see `ImageDataset`).
     """
     gen = torch.Generator().manual_seed(seed)
-    dataset = ImageDataset(samples, transform)
+    dataset = ImageDataset(samples, transform, companions)
     if num_instances:
         try:
             sampler = RandomIdentitySampler([s.pid for s in samples], batch_size, num_instances, gen)
