@@ -9,7 +9,7 @@ DEMO_EPOCHS ?= 6
 DEMO_SIZE ?= --height 64 --width 32
 DEMO_CKPT_DIR ?= models/checkpoints
 
-.PHONY: setup demo test bench clean-demo
+.PHONY: setup demo test bench goat-evidence clean-demo
 
 setup: $(STAMP)
 
@@ -33,8 +33,15 @@ demo: $(STAMP) $(DEMO_DATA)/query
 test: $(STAMP)
 	$(PYTHON) -m pytest -q tests
 
-bench: $(STAMP)
+bench: $(STAMP) $(DEMO_DATA)/query
 	$(PYTHON) benchmarks/bench_metrics.py --out benchmarks/bench_metrics.json
+	$(PYTHON) benchmarks/bench_attacks.py --threads 1 --images 64 --iters 15 --out benchmarks/bench_attacks.json
+	$(PYTHON) sort_dataset.py $(DEMO_DATA)
+	$(PYTHON) benchmarks/bench_goat.py --dataset $(DEMO_DATA) --threads 1 --workers 1 --out benchmarks/bench_goat.json
+
+# Clean vs GOAT models on the synthetic dataset, evaluated under SMA and FNA (tens of minutes on CPU).
+goat-evidence: $(STAMP) $(DEMO_DATA)/query
+	$(PYTHON) benchmarks/goat_synthetic.py --dataset $(DEMO_DATA) --epochs $(DEMO_EPOCHS)
 
 clean-demo:
 	rm -rf $(DEMO_DATA) attacks/demo $(DEMO_CKPT_DIR)/demo*

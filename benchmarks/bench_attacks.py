@@ -55,6 +55,27 @@ def forward_backward_seconds(model, images, device, repeats):
     return statistics.median(times[1:])
 
 
+def start(args):
+    """Apply `--threads` and seed torch; returns the `--device`."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    return torch.device(args.device)
+
+
+def machine_info(device, **extra):
+    """What the figures were measured on, for the JSON report."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(), "python": platform.python_version(), **extra}
+
+
+def write_report(report, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -68,10 +89,7 @@ def main():
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", default="benchmarks/bench_attacks.json")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
+    device = start(args)
     model = ReidNet("classif", num_classes=100).to(device).eval()
     images = torch.rand(args.images, 3, args.height, args.width)
     pids = np.arange(args.images) // 4 + 1  # 4 images per identity, as in a query set
@@ -107,13 +125,9 @@ def main():
         "config": {k: v for k, v in vars(args).items() if k != "out"},
         "forward_backward_seconds": fb,
         "attacks": results,
-        "machine": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-                    or platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "python": platform.python_version()},
+        "machine": machine_info(device),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
+    write_report(report, args.out)
     print(f"forward+backward {fb * 1000:.1f} ms per batch of {args.batch}; -> {args.out}")
 
 

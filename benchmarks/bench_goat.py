@@ -21,9 +21,7 @@ the clean epoch's steps * t_step / t(clean epoch), which tells whether data load
 
 import argparse
 import itertools
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -32,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_attacks import forward_backward_seconds, sync  # noqa: E402
+from bench_attacks import forward_backward_seconds, machine_info, start, sync, write_report  # noqa: E402
 from reid.data import build_transforms, load_dataset, train_loader  # noqa: E402
 from reid.engine import Objective, train_epoch  # noqa: E402
 from reid.goat import Goat, GoatConfig, GuidePool  # noqa: E402
@@ -77,10 +75,7 @@ def main():
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", default="benchmarks/bench_goat.json")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
+    device = start(args)
 
     data = load_dataset(args.dataset)
     pool = GuidePool.from_dataset(data, args.push)
@@ -121,17 +116,13 @@ def main():
         "bound_step_seconds": bound, "steps": steps,
         "goat_epoch_seconds": adv, "goat_efficiency": steps * bound / adv,
         "clean_epoch_seconds": clean, "clean_efficiency": steps * t_step / clean,
-        "machine": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-                    or platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "workers": args.workers, "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine_info(device, workers=args.workers),
     }
     print(f"t_fb {t_fb * 1000:.1f} ms  t_step {t_step * 1000:.1f} ms  t_guides {t_guides * 1000:.1f} ms  "
           f"bound {bound:.3f} s/step")
     print(f"clean epoch {clean:.2f} s ({steps} steps): efficiency {report['clean_efficiency']:.3f}")
     print(f"GOAT epoch  {adv:.2f} s ({steps} steps): efficiency {report['goat_efficiency']:.3f}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
+    write_report(report, args.out)
     print(f"-> {args.out}")
 
 

@@ -216,3 +216,12 @@ def test_goat_epoch_end_to_end_and_resume(sorted_dataset, tmp_path):
     # resuming with other GOAT settings would silently change the run: refused
     proc = _train_goat(sorted_dataset, resumed, "--sma", "--resume", epochs=3, check=False)
     assert proc.returncode == 2 and "--resume" in proc.stderr and "GOAT settings" in proc.stderr
+
+
+def test_the_papers_goat_command_parses_as_written():
+    import train
+    args = train.parse_args("DATA --dataset duke --lr 0.00035 -wd 5e-4 -n 60 -f goat.th -b 32 "
+                            "--classif --pretrained --adv --push --pull".split())
+    assert args.goat == GoatConfig("pool", 4, True, eps=5.0, iters=7, step=1.0)
+    assert (args.dataset, args.kind, args.pretrained, args.batch_size) == ("duke", "classif", True, 32)
+    assert train.parse_args("DATA --triplet --id_batch --adv".split()).goat.push == "batch"
