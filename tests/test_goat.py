@@ -225,3 +225,14 @@ def test_the_papers_goat_command_parses_as_written():
     assert args.goat == GoatConfig("pool", 4, True, eps=5.0, iters=7, step=1.0)
     assert (args.dataset, args.kind, args.pretrained, args.batch_size) == ("duke", "classif", True, 32)
     assert train.parse_args("DATA --triplet --id_batch --adv".split()).goat.push == "batch"
+
+
+def test_goat_in_batch_guides_for_a_triplet_model(synthetic_dataset, tmp_path):
+    """`--adv` with P x K batches needs no pool: guides are the identity's other instances."""
+    proc = run_cli("train.py", synthetic_dataset, "--triplet", "--soft", "--id_batch", "-ni", 4, "-b", 16,
+                   "-e", 64, "-n", 1, "-f", "t.th", "--height", 64, "--width", 32, "--workers", 0,
+                   "--device", "cpu", "--checkpoint-dir", tmp_path, "--adv", "--pull", "--adv-iters", 1)
+    assert "GOAT: push in-batch same-identity guides + furthest pull" in proc.stdout
+    ckpt = read_checkpoint(str(tmp_path / "t-last.th"))
+    assert ckpt["goat"]["push"] == "batch" and ckpt["goat"]["pull"] and ckpt["model"]["kind"] == "triplet"
+    assert not os.path.exists(os.path.join(synthetic_dataset, "sorted"))   # nothing written into the data
