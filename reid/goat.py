@@ -22,7 +22,7 @@ by the training loader's workers with each sample (``GuidePool`` is their ``comp
 """
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import List
 
 import torch
@@ -36,7 +36,7 @@ PUSH_SOURCES = ("self", "pool", "batch")
 
 @dataclass(frozen=True)
 class GoatConfig:
-    """What a GOAT run does; stored in its checkpoints (``asdict``) so a resume can check it."""
+    """What a GOAT run does; stored in its checkpoints (as a dict) so a resume can check it."""
 
     push: str            # one of PUSH_SOURCES
     num_push: int        # pool guides per image (pool only; 0 otherwise)
@@ -177,6 +177,3 @@ class Goat:
         c = self.config
         return perturb(model, images, packed, optimiser="pgd", eps=c.eps, step=c.step,
                        max_iter=c.iters, rand_start=True)
-
-    def state(self):
-        return asdict(self.config)
