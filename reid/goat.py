@@ -45,6 +45,10 @@ class GoatConfig:
     iters: int = 7
     step: float = 1.0    # /255
 
+    def __post_init__(self):
+        if self.push not in PUSH_SOURCES:
+            raise ValueError(f"GoatConfig.push {self.push!r}: expected one of {PUSH_SOURCES}")
+
     def describe(self):
         push = {"self": "SMA (own feature)", "pool": f"{self.num_push} pool guides",
                 "batch": "in-batch same-identity guides"}[self.push]
