@@ -149,15 +149,11 @@ def guide_weights(config, feats, labels, num_pool):
         push = torch.zeros(b, b, device=feats.device)
     weights = torch.zeros(b, b + b * num_pool, device=feats.device)
     weights[:, :b] = push
-    if config.push == "pool":
-        pool = torch.full((b, num_pool), 1.0 / num_pool, device=feats.device)
-        weights[:, b:] = torch.block_diag(*pool.unbind(0))
-    if config.pull:
-        dist = pairwise_distance(feats, feats).masked_fill(same, -1.0)
-        furthest = dist.argmax(1)
-        has_other = (~same).any(1)
-        rows = has_other.nonzero().squeeze(1)
-        weights[rows, furthest[rows]] -= 1.0
+    if config.push == "pool":  # image b's own pool rows, 1 / num_pool each
+        weights[:, b:] = eye.float().repeat_interleave(num_pool, dim=1) / num_pool
+    if config.pull:  # the furthest other identity; none if the batch holds only this one
+        furthest = pairwise_distance(feats, feats).masked_fill(same, -1.0).argmax(1)
+        weights[torch.arange(b, device=feats.device), furthest] -= (~same).any(1).float()
     return weights
 
 
