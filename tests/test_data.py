@@ -145,3 +145,159 @@ def test_identity_sampler_rejects_bad_sizes():
         RandomIdentitySampler([0, 0, 1, 1], batch_size=6, num_instances=4)
     with pytest.raises(ValueError):
         RandomIdentitySampler([0, 0, 1, 1], batch_size=12, num_instances=4)
+
+
+# --- open-reid layout (PersonX / UnrealPerson / RandPerson as prepared for MetaAttack) ---
+
+def _or(pid, cam, idx):
+    return f"{pid:08d}_{cam:02d}_{idx:04d}.jpg"
+
+
+def _identities(spec):
+    """{pid: [images per camera]} -> open-reid identities (3 cameras, empty slots for absent pids)."""
+    out = [[[] for _ in range(3)] for _ in range(max(spec) + 2)]
+    for pid, counts in spec.items():
+        out[pid] = [[_or(pid, cam, i) for i in range(n)] for cam, n in enumerate(counts)]
+    return out
+
+
+# pid 0: distractor (gallery only); 1: multi-shot test id; 5: single-shot test id (cameras 1, 2);
+# 2, 4, 6: training ids; 3 and 7: no images.
+OPENREID_SPEC = {0: [1, 1, 0], 1: [3, 2, 1], 2: [1, 1, 0], 4: [0, 0, 2], 5: [0, 1, 1], 6: [1, 0, 0]}
+OPENREID_SPLIT = {"trainval": [6, 2, 4], "query": [1, 5], "gallery": [0, 1, 5]}
+
+
+def make_openreid(root, spec=None, split=None, meta_extra=None, write=True):
+    """Write an open-reid folder: images/, meta.json, splits.json (one split)."""
+    import json
+    identities = _identities(spec or OPENREID_SPEC)
+    for i, name in enumerate(n for cams in identities for cam in cams for n in cam):
+        if write:
+            write_image(os.path.join(root, "images", name), seed=i)
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    meta = {"name": "PersonX", "shot": "multiple", "num_cameras": 3, "identities": identities, **(meta_extra or {})}
+    with open(os.path.join(root, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    with open(os.path.join(root, "splits.json"), "w") as f:
+        json.dump([split or OPENREID_SPLIT], f)
+    return root
+
+
+def _names(samples):
+    return sorted(os.path.basename(s.path) for s in samples)
+
+
+def test_openreid_parsing_relabelling_and_query_gallery_rule(tmp_path):
+    root = make_openreid(str(tmp_path / "personx"))
+    data = load_dataset(root, "openreid")
+    assert data.name == "openreid" and data.root == os.path.normpath(root)
+    assert data.train_pids == [2, 4, 6]
+    assert sorted((s.pid, s.camid, os.path.basename(s.path)) for s in data.train) == [
+        (0, 0, _or(2, 0, 0)), (0, 1, _or(2, 1, 0)), (1, 2, _or(4, 2, 0)), (1, 2, _or(4, 2, 1)),
+        (2, 0, _or(6, 0, 0))]
+    assert all(os.path.isfile(s.path) for s in data.train + data.query + data.gallery)
+    # pid 1: first image of each camera with two or more images is a query, the rest gallery;
+    # its single-image camera 2 goes to the gallery. pid 5 (single-shot): first camera's image is the query.
+    assert _names(data.query) == [_or(1, 0, 0), _or(1, 1, 0), _or(5, 1, 0)]
+    assert _names(data.gallery) == [_or(0, 0, 0), _or(0, 1, 0), _or(1, 0, 1), _or(1, 0, 2), _or(1, 1, 1),
+                                    _or(1, 2, 0), _or(5, 2, 0)]
+    # original pids and cameras from the names; every query keeps a match in another camera
+    for s in data.query + data.gallery:
+        name = os.path.basename(s.path)
+        assert (s.pid, s.camid) == (int(name[:8]), int(name[9:11]))
+    for q in data.query:
+        assert any(g.pid == q.pid and g.camid != q.camid for g in data.gallery)
+
+
+@pytest.mark.parametrize("alias,folder", [("openreid", "UnrealPerson"), ("personx", "PersonX"),
+                                          ("personx", "personx"), ("unreal", "unreal"),
+                                          ("randperson", "RandPerson"), ("openreid", "randperson")])
+def test_openreid_aliases_find_their_folders(tmp_path, alias, folder):
+    make_openreid(str(tmp_path / folder))
+    data = load_dataset(str(tmp_path), alias)
+    assert data.name == alias and os.path.basename(data.root) == folder and data.num_train_pids == 3
+
+
+def test_openreid_alias_wrong_folder_name(tmp_path):
+    make_openreid(str(tmp_path / "RandPerson"))
+    with pytest.raises(ReidError) as err:
+        load_dataset(str(tmp_path), "personx")
+    msg = str(err.value)
+    assert "meta.json" in msg and "PersonX" in msg and "\n" not in msg
+
+
+def test_openreid_explicit_file_lists(tmp_path):
+    # splits.json may list the query / gallery files themselves
+    split = {**OPENREID_SPLIT, "query": [_or(1, 2, 0)], "gallery": [_or(1, 0, 0), _or(0, 1, 0)]}
+    data = load_dataset(make_openreid(str(tmp_path / "a"), split=split), "openreid")
+    assert _names(data.query) == [_or(1, 2, 0)] and data.query[0].camid == 2
+    assert _names(data.gallery) == [_or(0, 1, 0), _or(1, 0, 0)]
+    # MetaAttack's PersonX preparation keeps them in meta.json
+    extra = {"query_fnames": [_or(5, 2, 0)], "gallery_fnames": [_or(5, 1, 0), _or(1, 1, 1)]}
+    data = load_dataset(make_openreid(str(tmp_path / "b"), meta_extra=extra), "openreid")
+    assert _names(data.query) == [_or(5, 2, 0)]
+    assert _names(data.gallery) == [_or(1, 1, 1), _or(5, 1, 0)]
+    assert data.train_pids == [2, 4, 6]
+
+
+def _break(root, what):
+    """Damage an open-reid folder; returns the text the error must name."""
+    import json
+    meta_path, splits_path = os.path.join(root, "meta.json"), os.path.join(root, "splits.json")
+    if what == "no meta":
+        os.remove(meta_path)
+        return "meta.json is missing"
+    if what == "no splits":
+        os.remove(splits_path)
+        return "splits.json is missing"
+    if what == "no images":
+        import shutil
+        shutil.rmtree(os.path.join(root, "images"))
+        return "images is missing"
+    if what == "bad meta json":
+        with open(meta_path, "w") as f:
+            f.write('{"identities": [[[')
+        return "meta.json is not valid JSON"
+    if what == "bad splits json":
+        with open(splits_path, "w") as f:
+            f.write("[{trainval: 1}]")
+        return "splits.json is not valid JSON"
+    if what == "no identities":
+        with open(meta_path, "w") as f:
+            json.dump({"name": "x"}, f)
+        return "meta.json: no 'identities'"
+    if what == "split keys":
+        with open(splits_path, "w") as f:
+            json.dump([{"trainval": [2]}], f)
+        return "splits.json: split 0 has no"
+    if what == "pid out of range":
+        with open(splits_path, "w") as f:
+            json.dump([{**OPENREID_SPLIT, "trainval": [2, 99]}], f)
+        return "'trainval' holds 99"
+    meta = json.load(open(meta_path))
+    if what == "bad name":
+        meta["identities"][6][0] = ["person.jpg"]
+        write_image(os.path.join(root, "images", "person.jpg"))
+        msg = "identities[6][0]: cannot parse image name 'person.jpg'"
+    elif what == "misplaced name":
+        meta["identities"][6][1] = [_or(6, 0, 0)]
+        msg = "identities[6][1] lists 00000006_00_0000.jpg"
+    elif what == "missing image":
+        os.remove(os.path.join(root, "images", _or(1, 1, 1)))
+        msg = "lists 00000001_01_0001.jpg, which is missing"
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    return msg
+
+
+@pytest.mark.parametrize("what", ["no meta", "no splits", "no images", "bad meta json", "bad splits json",
+                                  "no identities", "split keys", "pid out of range", "bad name",
+                                  "misplaced name", "missing image"])
+def test_openreid_errors_are_one_line(tmp_path, what):
+    root = make_openreid(str(tmp_path / "personx"))
+    expected = _break(root, what)
+    with pytest.raises(ReidError) as err:
+        load_dataset(str(tmp_path), "personx")
+    msg = str(err.value)
+    assert expected in msg and "\n" not in msg, msg
+    assert root in msg

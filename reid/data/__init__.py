@@ -1,4 +1,4 @@
-"""Datasets (Market-1501, DukeMTMC-reID, MSMT17), transforms, samplers, loaders.
+"""Datasets (Market-1501, DukeMTMC-reID, MSMT17, open-reid layout), transforms, samplers, loaders.
 
 The synthetic dataset generator lives in `reid.data.synthetic` (run it with
 `python -m reid.data.synthetic OUT`).
