@@ -1,0 +1,116 @@
+"""Bad user input stops at once with one line `error: ...` (exit code 2), never a traceback.
+
+Most checks run in-process on the CLIs' argument parsing or on the shared helpers of
+`reid.utils`; a few go through the scripts as a user would, each failing before any
+model or dataset is loaded, so the whole file runs in seconds.
+"""
+
+import math
+import os
+
+import pytest
+import torch
+
+from reid import utils
+from reid.utils import ReidError, check_number, check_writable_dir, progress, resolve_device
+from tests.conftest import run_cli
+
+
+def one_line_error(proc, *needles):
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("error: "), err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+# -- shared helpers ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_check_number_refuses_non_finite_floats(value):
+    with pytest.raises(ReidError, match=r"^--lr -?(nan|inf): expected a finite number$"):
+        check_number("--lr", value, 0, strict=True)
+
+
+def test_check_number_bounds():
+    assert check_number("--lr", 1e-4, 0, strict=True) == 1e-4
+    assert check_number("-wd", 0.0, 0) == 0.0
+    assert check_number("--height", 16, 16) == 16 and check_number("--height", None, 16) is None
+    with pytest.raises(ReidError, match=r"^--lr 0: expected a number > 0$"):
+        check_number("--lr", 0.0, 0, strict=True)
+    with pytest.raises(ReidError, match=r"^-wd -0.5: expected a number >= 0$"):
+        check_number("-wd", -0.5, 0)
+    with pytest.raises(ReidError, match=r"^--height 15: expected an integer >= 16$"):
+        check_number("--height", 15, 16)
+    with pytest.raises(ReidError, match=r"^--seed 5: expected an integer >= 0 and <= 4$"):
+        check_number("--seed", 5, 0, 4)
+
+
+def test_check_writable_dir_leaves_nothing_behind(tmp_path):
+    check_writable_dir(tmp_path, "--out")  # an existing folder
+    check_writable_dir(tmp_path / "a" / "b" / "c", "--out")  # missing folders: created, probed, removed
+    assert os.listdir(tmp_path) == []
+
+
+def test_check_writable_dir_refuses_files(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ReidError, match=r"^--out .*file: it exists and is not a folder$"):
+        check_writable_dir(tmp_path / "file", "--out")
+    with pytest.raises(ReidError, match=r"^--checkpoint-dir .*file/sub/deeper: .*file exists and is not a folder$"):
+        check_writable_dir(tmp_path / "file" / "sub" / "deeper", "--checkpoint-dir")
+
+
+@pytest.mark.parametrize("fail", ["mkdir", "mkstemp"])
+def test_check_writable_dir_read_only(tmp_path, monkeypatch, fail):
+    """Tests run as root, for whom chmod does not make a folder read-only: simulate it."""
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    if fail == "mkdir":
+        monkeypatch.setattr(utils.os, "mkdir", refuse)
+    else:
+        monkeypatch.setattr(utils.tempfile, "mkstemp", refuse)
+    target = tmp_path / "out" if fail == "mkdir" else tmp_path
+    with pytest.raises(ReidError, match=r"^--out .*: cannot write there \(Permission denied\)$"):
+        check_writable_dir(target, "--out")
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []
+
+
+def test_resolve_device_refuses_what_it_cannot_use(monkeypatch):
+    assert resolve_device("cpu").type == "cpu"
+    for device in ("meta", "cpu:3", "gpu", "cuda:-1"):
+        with pytest.raises(ReidError, match="expected auto, cpu, cuda or cuda:N"):
+            resolve_device(device)
+    with pytest.raises(ReidError, match=r"^--gpu -1: expected an integer >= 0$"):
+        resolve_device(gpu=-1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ReidError, match=r"^--gpu 2: there is 1 CUDA GPU \(cuda:0 to cuda:0\)$"):
+        resolve_device(gpu=2)
+    with pytest.raises(ReidError, match=r"^--device cuda:1: there is 1 CUDA GPU"):
+        resolve_device("cuda:1")
+
+
+def test_progress_without_a_terminal_writes_a_few_plain_lines(capsys):
+    items = list(range(1000))
+    bar = progress(items, "query features", interval=0)
+    seen = []
+    for i in bar:
+        seen.append(i)
+        bar.set_postfix(loss="0.123")
+    assert seen == items
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "\r" not in err and 1 <= len(lines) <= 4
+    assert lines[-1].startswith("query features: 1000/1000 in ") and lines[-1].endswith(", loss 0.123")
+    assert [line.split(" (")[0] for line in lines[:-1]] == ["query features: 250/1000", "query features: 500/1000",
+                                                              "query features: 750/1000"]
+
+
+def test_progress_quiet_for_fast_loops_and_unknown_lengths(capsys):
+    assert list(progress(iter(range(5)), "attack")) == list(range(5))  # no len(): a count only
+    assert list(progress(range(3000), "epoch 0")) == list(range(3000))  # fast: no intermediate lines
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("attack: 5 in ") and lines[1].startswith("epoch 0: 3000/3000 in ")
