@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from reid.models import ReidNet, infer_config
-from reid.utils import ReidError, atomic_path
+from reid.utils import ReidError, atomic_path, load_torch_file
 
 
 def rng_state():
@@ -46,14 +46,19 @@ def save_checkpoint(path, model, map_score, epoch, optimizer=None, **extra):
 
 
 def read_checkpoint(path, map_location="cpu"):
-    if not os.path.isfile(path):
-        raise ReidError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise ReidError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+    """Load a checkpoint (`weights_only`); anything but a dict with a state dict under
+    'net' is a one-line ReidError "<path> is not a checkpoint ..."."""
+    ckpt = load_torch_file(path, "checkpoint", map_location)
     if not isinstance(ckpt, dict) or "net" not in ckpt:
-        raise ReidError(f"{path} is not a re-ID checkpoint (expected a dict with key 'net')")
+        found = f"a {type(ckpt).__name__}"
+        if isinstance(ckpt, dict):
+            keys = sorted(map(str, ckpt))
+            more = ", ..." if len(keys) > 4 else ""
+            found = f"a dict with keys {', '.join(keys[:4])}{more}" if keys else "an empty dict"
+        raise ReidError(f"{path} is not a checkpoint: expected a dict with key 'net' (a state dict), found {found}")
+    if not isinstance(ckpt["net"], dict):
+        found = type(ckpt["net"]).__name__
+        raise ReidError(f"{path} is not a checkpoint: its 'net' is not a state dict (found {found})")
     return ckpt
 
 
@@ -64,7 +69,10 @@ def load_model(path, kind=None, embedding_size=None, map_location="cpu"):
     the checkpoint is an error rather than a silent reinterpretation.
     """
     ckpt = read_checkpoint(path, map_location)
-    config = infer_config(ckpt["net"])
+    try:
+        config = infer_config(ckpt["net"])
+    except (ReidError, AttributeError, IndexError, TypeError) as err:  # the latter: entries that are not tensors
+        raise ReidError(f"{path}: {err}") from None
     if kind is not None and kind != config["kind"]:
         flag = "--classif" if kind == "classif" else "--triplet"
         raise ReidError(f"{path} holds a {config['kind']} model but {flag} was given")
@@ -73,7 +81,7 @@ def load_model(path, kind=None, embedding_size=None, map_location="cpu"):
     model = ReidNet(config["kind"], config["num_classes"], config["embedding_size"])
     try:
         model.load_state_dict(ckpt["net"], strict=True)
-    except RuntimeError as err:
+    except (RuntimeError, TypeError, AttributeError) as err:
         raise ReidError(f"{path}: state dict does not match a ResNet50 re-ID network: "
                         f"{str(err).splitlines()[0]}") from None
     return model, ckpt

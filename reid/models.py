@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from reid.utils import ReidError
+from reid.utils import ReidError, load_torch_file
 
 MODEL_KINDS = ("classif", "triplet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -67,6 +67,8 @@ class ReidNet(nn.Module):
 def imagenet_weights_path(pretrained_path=None):
     """The ImageNet ResNet50 weights file: `pretrained_path` or torchvision's cache."""
     if pretrained_path:
+        if os.path.isdir(pretrained_path):
+            raise ReidError(f"--pretrained-path {pretrained_path}: is a folder, expected the weights file")
         if not os.path.isfile(pretrained_path):
             raise ReidError(f"--pretrained-path {pretrained_path}: no such file")
         return pretrained_path
@@ -81,10 +83,12 @@ def imagenet_weights_path(pretrained_path=None):
 def load_imagenet_weights(model, pretrained_path=None):
     """Copy torchvision's ImageNet ResNet50 weights into the backbone (all but `fc`)."""
     path = imagenet_weights_path(pretrained_path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt file, not a torch file, ...
-        raise ReidError(f"cannot load ImageNet weights {path}: {err}") from None
+    state = load_torch_file(path, "ResNet50 weights file")  # corrupt, empty, not a torch file: one line
+    tensors = isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items())
+    if not tensors:
+        raise ReidError(f"{path} is not a torchvision ResNet50 state dict (found a {type(state).__name__} "
+                        "that is not a dict of tensors)")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = model.backbone.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if not k.startswith("fc.")]:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from reid import utils
+from reid.checkpoint import load_model, read_checkpoint
 from reid.utils import ReidError, check_number, check_writable_dir, progress, resolve_device
 from tests.conftest import run_cli
 
@@ -114,3 +115,43 @@ def test_progress_quiet_for_fast_loops_and_unknown_lengths(capsys):
     assert list(progress(range(3000), "epoch 0")) == list(range(3000))  # fast: no intermediate lines
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and lines[0].startswith("attack: 5 in ") and lines[1].startswith("epoch 0: 3000/3000 in ")
+
+
+# -- checkpoints -------------------------------------------------------------------------
+
+class Thing:  # not loadable with weights_only
+    pass
+
+
+@pytest.mark.parametrize("content,needle", [
+    (lambda p: open(p, "wb").close(), "the file is empty"),
+    (lambda p: open(p, "wb").write(bytes(range(256)) * 4), "torch.load failed"),
+    (lambda p: open(p, "w").write("hello\n"), "torch.load failed"),
+    (lambda p: torch.save([1, 2], p), "found a list"),
+    (lambda p: torch.save({"model": 1, "epoch": 3}, p), "found a dict with keys epoch, model"),
+    (lambda p: torch.save({"net": 3}, p), "'net' is not a state dict"),
+    (lambda p: torch.save({"net": Thing()}, p), "Unsupported global"),
+])
+def test_bad_checkpoint_files_are_one_line_errors(tmp_path, content, needle):
+    path = str(tmp_path / "m.th")
+    content(path)
+    with pytest.raises(ReidError) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith(f"{path} is not a checkpoint") and needle in message
+    assert len(message.splitlines()) == 1 and len(message) < 300
+
+
+def test_checkpoint_folder_and_foreign_state_dict(tmp_path):
+    with pytest.raises(ReidError, match="is a folder, not a file"):
+        read_checkpoint(str(tmp_path))
+    path = str(tmp_path / "x.th")
+    torch.save({"net": {"foo": torch.zeros(1)}}, path)
+    with pytest.raises(ReidError, match=f"^{path}: the checkpoint's network is neither"):
+        load_model(path)
+
+
+def test_gen_adv_empty_checkpoint_is_one_line(tmp_path):
+    (tmp_path / "m.th").write_bytes(b"")
+    proc = run_cli("gen_adv.py", tmp_path, tmp_path / "data", "m.th", "--device", "cpu", check=False)
+    one_line_error(proc, f"{tmp_path / 'm.th'} is not a checkpoint")

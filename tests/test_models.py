@@ -76,7 +76,7 @@ def test_kind_and_embedding_mismatch_are_errors(tmp_path):
     with pytest.raises(ReidError, match="does not exist"):
         load_model(str(tmp_path / "missing.th"))
     (tmp_path / "junk.th").write_text("nope")
-    with pytest.raises(ReidError, match="cannot read checkpoint"):
+    with pytest.raises(ReidError, match="junk.th is not a checkpoint"):
         load_model(str(tmp_path / "junk.th"))
     with pytest.raises(ReidError, match="neither"):
         infer_config({"foo": torch.zeros(1)})
