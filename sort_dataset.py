@@ -10,7 +10,7 @@ import argparse
 import os
 
 from reid.data import DATASET_NAMES, load_dataset
-from reid.utils import ReidError, cli_main, link_or_copy
+from reid.utils import ReidError, check_writable_dir, cli_main, link_or_copy
 
 SPLITS = ("train", "query", "gallery")
 
@@ -19,6 +19,7 @@ def sort_dataset(dataset_folder, dataset="market", mode="link"):
     """Create the sorted/ tree; returns {split: (identities, images, newly placed)}."""
     data = load_dataset(dataset_folder, dataset)
     out_root = os.path.join(data.root, "sorted")
+    check_writable_dir(out_root, "guide pool")
     counts = {}
     for split in SPLITS:
         samples = getattr(data, split)
@@ -30,8 +31,8 @@ def sort_dataset(dataset_folder, dataset="market", mode="link"):
             dst = os.path.join(folder, os.path.basename(path))
             if os.path.lexists(dst):
                 continue
-            os.makedirs(folder, exist_ok=True)
             try:
+                os.makedirs(folder, exist_ok=True)
                 link_or_copy(path, dst, mode)
             except OSError as err:
                 raise ReidError(f"cannot write {dst}: {err.strerror}") from None

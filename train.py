@@ -19,7 +19,7 @@ from reid.data import DATASET_NAMES, build_transforms, eval_loader, load_dataset
 from reid.engine import Objective, append_jsonl, evaluate, format_metrics, lr_schedule, train_epoch
 from reid.goat import Goat, GuidePool, goat_config
 from reid.models import build_model
-from reid.utils import ReidError, cli_main, resolve_device, seed_everything
+from reid.utils import ReidError, check_writable_dir, cli_main, resolve_device, seed_everything
 
 
 def parse_args(argv=None):
@@ -86,6 +86,12 @@ def main(argv=None):
     device = resolve_device(args.device, args.gpu)
     seed_everything(args.seed)
     best_path, last_path, log_path = checkpoint_paths(args)
+    check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")  # now, not after the first epoch
+    if os.path.dirname(args.filename):
+        check_writable_dir(os.path.dirname(best_path), "-f")
+    for path in (best_path, last_path, log_path):
+        if os.path.isdir(path):
+            raise ReidError(f"-f {args.filename}: {path} is a folder")
 
     data = load_dataset(args.dataset_folder, args.dataset)
     print(data.summary())

@@ -155,3 +155,79 @@ def test_gen_adv_empty_checkpoint_is_one_line(tmp_path):
     (tmp_path / "m.th").write_bytes(b"")
     proc = run_cli("gen_adv.py", tmp_path, tmp_path / "data", "m.th", "--device", "cpu", check=False)
     one_line_error(proc, f"{tmp_path / 'm.th'} is not a checkpoint")
+
+
+# -- output folders: checked before any heavy work ---------------------------------------
+
+def test_gen_adv_out_is_a_file(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    # the checkpoint does not exist either: the output folder is checked first, before any loading
+    proc = run_cli("gen_adv.py", tmp_path / "nowhere", tmp_path / "data", "m.th", "--out", tmp_path / "taken",
+                   "--device", "cpu", check=False)
+    one_line_error(proc, f"--out {tmp_path / 'taken'}: it exists and is not a folder")
+
+
+def test_gen_adv_out_under_a_file(tmp_path):
+    import gen_adv
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(ReidError, match=r"^--out .*taken/sub: .*taken exists and is not a folder$"):
+        gen_adv.main([str(tmp_path / "nowhere"), str(tmp_path), "m.th", "--out", str(tmp_path / "taken" / "sub")])
+
+
+def test_gen_adv_unwritable_out_fails_before_loading(tmp_path, monkeypatch):
+    import gen_adv
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    def never(*args, **kwargs):
+        raise AssertionError("loaded the model before checking --out")
+
+    monkeypatch.setattr(utils.tempfile, "mkstemp", refuse)  # a read-only folder, even for root
+    monkeypatch.setattr(gen_adv, "load_model", never)
+    with pytest.raises(ReidError, match=r"^--out .*: cannot write there \(Permission denied\)$"):
+        gen_adv.main([str(tmp_path), str(tmp_path), "m.th", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_checkpoint_dir_is_a_file(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    # the dataset does not exist either: the checkpoint folder is checked first
+    proc = run_cli("train.py", tmp_path / "nowhere", "--checkpoint-dir", tmp_path / "taken", "--device", "cpu",
+                   check=False)
+    one_line_error(proc, f"--checkpoint-dir {tmp_path / 'taken'}: it exists and is not a folder")
+
+
+def test_train_unwritable_checkpoint_places(tmp_path, monkeypatch):
+    import train
+    (tmp_path / "taken").write_text("x")
+    common = [str(tmp_path / "nowhere"), "--device", "cpu"]
+    with pytest.raises(ReidError, match=r"^--checkpoint-dir .*taken/ckpt: .*taken exists and is not a folder$"):
+        train.main(common + ["--checkpoint-dir", str(tmp_path / "taken" / "ckpt")])
+    with pytest.raises(ReidError, match=r"^-f .*taken: it exists and is not a folder$"):
+        train.main(common + ["--checkpoint-dir", str(tmp_path), "-f", "taken/m.th"])
+    (tmp_path / "m-last.th").mkdir()
+    with pytest.raises(ReidError, match=r"^-f m.th: .*m-last.th is a folder$"):
+        train.main(common + ["--checkpoint-dir", str(tmp_path), "-f", "m.th"])
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(utils.tempfile, "mkstemp", read_only)
+    with pytest.raises(ReidError, match=r"^--checkpoint-dir .*: cannot write there \(Read-only file system\)$"):
+        train.main(common + ["--checkpoint-dir", str(tmp_path / "new")])
+    assert sorted(os.listdir(tmp_path)) == ["m-last.th", "taken"]
+
+
+def test_sort_dataset_pool_in_the_way(tiny_market):
+    from sort_dataset import sort_dataset
+    with open(os.path.join(tiny_market, "sorted"), "w") as f:
+        f.write("x")
+    with pytest.raises(ReidError, match=r"^guide pool .*sorted: it exists and is not a folder$"):
+        sort_dataset(tiny_market)
+    os.remove(os.path.join(tiny_market, "sorted"))
+    os.makedirs(os.path.join(tiny_market, "sorted", "train"))
+    with open(os.path.join(tiny_market, "sorted", "train", "0003"), "w") as f:  # an identity's folder
+        f.write("x")
+    with pytest.raises(ReidError, match=r"^cannot write .*sorted/train/0003/0003_c1s1_000002_01.jpg: "):
+        sort_dataset(tiny_market)
