@@ -1,4 +1,4 @@
-"""Deterministic synthetic person re-ID dataset in the Market-1501 layout.
+"""Deterministic synthetic person re-ID dataset in the Market-1501 or open-reid layout.
 
 Real re-ID datasets cannot be downloaded here, yet training, evaluation and the
 attacks need data with the *structure* and roughly the *difficulty* of Market-1501.
@@ -25,17 +25,34 @@ This module draws one, and each choice below serves that aim:
   framing, successive walking poses), so same-camera matches are easy and the model
   must learn to match across cameras.
 
+Two options serve MetaAttack-style experiments, which need a second, "virtual" dataset:
+
+* `layout="openreid"` writes the same images in the open-reid layout that PersonX,
+  UnrealPerson and RandPerson come in for MetaAttack (`images/PPPPPPPP_CC_NNNN.jpg`
+  with 0-based cameras, `meta.json`, `splits.json`), read by `--dataset openreid`.
+  Each test identity's query is the first image of its camera, so that parser's
+  query / gallery rule recovers the Market layout's split; distractors are pid 0
+  (gallery only), and junk is not written (open-reid has no junk class).
+* `style="virtual"` draws another population in a rendered, game-engine look:
+  saturated palettes, clean sky-and-ground scenes with flat buildings, flat cel
+  shading, no sensor noise or blur and a faint colour cast at most. Its people and
+  cameras come from other random streams than the real style's, so the two are
+  different datasets even with one seed. The default `style="real"` is unchanged,
+  byte for byte.
+
 Every random draw comes from a numpy Generator seeded by (seed, stream, index) and
 images are saved with a fixed JPEG quality: the same arguments give byte-identical
-files, and a person's attributes depend only on the seed and its pid.
+files, and a person's attributes depend only on the seed, the style and its pid.
 """
 
 import argparse
+import json
 import math
 import os
 import shutil
 import time
 from dataclasses import dataclass
+from typing import Callable, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -76,6 +93,48 @@ SCENE_COLOURS = np.array([
 
 PATTERNS = ("plain", "hstripes", "vstripes", "checks", "logo", "twotone")
 PATTERN_PROBS = (0.25, 0.15, 0.15, 0.15, 0.15, 0.15)
+
+# The virtual style (a game-engine look, like PersonX / UnrealPerson / RandPerson): saturated
+# clothing, clean sky-and-ground scenes with flat buildings.
+VIRTUAL_UPPER = np.array([
+    (230, 30, 30), (20, 90, 230), (30, 180, 70), (250, 210, 20), (250, 120, 10), (150, 50, 210),
+    (0, 190, 210), (240, 70, 160), (245, 245, 245), (40, 40, 45), (120, 200, 40), (200, 20, 120),
+    (20, 40, 140), (255, 150, 120), (90, 220, 180),
+], dtype=np.float32)
+VIRTUAL_LOWER = np.array([
+    (30, 30, 40), (30, 60, 180), (60, 120, 230), (200, 40, 40), (40, 140, 60), (230, 200, 120),
+    (240, 240, 240), (120, 60, 200),
+], dtype=np.float32)
+VIRTUAL_SKIN = np.array([(250, 215, 185), (230, 180, 140), (190, 135, 95), (130, 85, 55)], dtype=np.float32)
+VIRTUAL_HAIR = np.array([(30, 20, 15), (110, 60, 25), (230, 190, 80), (200, 70, 30), (60, 60, 70)],
+                        dtype=np.float32)
+VIRTUAL_SHOES = np.array([(20, 20, 20), (250, 250, 250), (220, 40, 40), (40, 80, 220)], dtype=np.float32)
+VIRTUAL_BAGS = np.array([(20, 20, 20), (230, 120, 20), (220, 30, 60), (30, 160, 220), (250, 230, 40)],
+                        dtype=np.float32)
+VIRTUAL_SKY = np.array([(110, 170, 240), (150, 200, 250), (250, 190, 150), (190, 210, 240), (120, 200, 220)],
+                       dtype=np.float32)
+VIRTUAL_GROUND = np.array([(120, 190, 90), (200, 200, 205), (230, 210, 160), (150, 150, 160), (90, 160, 200),
+                           (210, 120, 90)], dtype=np.float32)
+VIRTUAL_WALLS = np.array([(240, 240, 235), (200, 90, 80), (90, 120, 200), (240, 200, 90), (150, 210, 150),
+                          (180, 150, 220)], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Style:
+    """How a dataset looks: clothing palettes, colour jitter, and the camera / image renderers."""
+
+    name: str
+    upper: np.ndarray
+    lower: np.ndarray
+    skin: np.ndarray
+    hair: np.ndarray
+    shoes: np.ndarray
+    bags: np.ndarray
+    cloth_jitter: float  # per-identity jitter of clothing and bag colours
+    fine_jitter: float  # per-identity jitter of skin, hair and shoe colours
+    sample_camera: Callable  # (rng, height, width) -> Camera
+    render: Callable  # see _render
+    stream: Tuple[int, ...]  # appended to every seed, so styles draw different people
 
 
 @dataclass
@@ -130,17 +189,17 @@ def _pick(rng, palette, jitter=40.0):
     return np.clip(colour, 0, 255).astype(np.float32)
 
 
-def _sample_person(rng):
-    """Draw the attributes of one identity."""
+def _sample_person(rng, style):
+    """Draw the attributes of one identity (colours from the style's palettes)."""
     colours = np.zeros((N_LABELS, 3), np.float32)
-    colours[SKIN] = _pick(rng, SKIN_COLOURS, 8)
-    colours[HAIR] = _pick(rng, HAIR_COLOURS, 8)
-    colours[UPPER] = _pick(rng, UPPER_COLOURS)
-    colours[UPPER2] = _pick(rng, UPPER_COLOURS)
-    colours[LOWER] = _pick(rng, LOWER_COLOURS)
-    colours[SHOES] = _pick(rng, SHOE_COLOURS, 8)
-    colours[BAG] = _pick(rng, BAG_COLOURS)
-    colours[HAT] = _pick(rng, UPPER_COLOURS)
+    colours[SKIN] = _pick(rng, style.skin, style.fine_jitter)
+    colours[HAIR] = _pick(rng, style.hair, style.fine_jitter)
+    colours[UPPER] = _pick(rng, style.upper, style.cloth_jitter)
+    colours[UPPER2] = _pick(rng, style.upper, style.cloth_jitter)
+    colours[LOWER] = _pick(rng, style.lower, style.cloth_jitter)
+    colours[SHOES] = _pick(rng, style.shoes, style.fine_jitter)
+    colours[BAG] = _pick(rng, style.bags, style.cloth_jitter)
+    colours[HAT] = _pick(rng, style.upper, style.cloth_jitter)
     return Person(
         colours=colours,
         pattern=PATTERNS[rng.choice(len(PATTERNS), p=PATTERN_PROBS)],
@@ -353,6 +412,71 @@ def _render(p, cam, pose, bg_offset, rng, height, width, blur=None):
     return img.filter(ImageFilter.GaussianBlur(radius))
 
 
+def _virtual_background(rng, height, width):
+    """A clean rendered scene: sky gradient, flat ground, flat-coloured buildings on the horizon."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    horizon = rng.uniform(0.35, 0.65) * height
+    sky_top = _pick(rng, VIRTUAL_SKY, 10)
+    sky_low = sky_top + 0.6 * (255.0 - sky_top)
+    t = np.clip(yy / horizon, 0, 1)[..., None]
+    sky = sky_top + t * (sky_low - sky_top)
+    ground = _pick(rng, VIRTUAL_GROUND, 10)
+    u = np.clip((yy - horizon) / (height - horizon), 0, 1)[..., None]
+    image = np.where((yy < horizon)[..., None], sky, ground * (1.05 - 0.15 * u))
+    for _ in range(int(rng.integers(2, 6))):
+        x0 = rng.uniform(-0.2, 1.0) * width
+        top = horizon - rng.uniform(0.1, 0.35) * height
+        inside = (xx >= x0) & (xx < x0 + rng.uniform(0.15, 0.45) * width) & (yy >= top) & (yy < horizon)
+        image[inside] = _pick(rng, VIRTUAL_WALLS, 10)
+    return image
+
+
+def _sample_virtual_camera(rng, height, width):
+    """A virtual camera: clean lighting (no colour cast, noise or blur), one hard light direction."""
+    view_probs = rng.dirichlet((2.0, 1.0, 0.3, 0.3))
+    return Camera(
+        background=_virtual_background(rng, 2 * height, 2 * width),
+        gain=rng.uniform(0.95, 1.05) * rng.uniform(0.98, 1.02, 3).astype(np.float32),
+        saturation=rng.uniform(1.1, 1.3),
+        gamma=1.0,
+        blur=0.0,
+        noise=0.0,
+        light=float(rng.choice((-1.0, 1.0)) * rng.uniform(0.15, 0.3)),
+        view_probs=view_probs,
+        scale=rng.uniform(0.86, 0.95),
+        dx=rng.uniform(-0.06, 0.06),
+    )
+
+
+def _render_virtual(p, cam, pose, bg_offset, rng, height, width, blur=None):
+    """`_render` in the virtual style: flat cel shading, boosted saturation, no sensor noise."""
+    oy, ox = bg_offset
+    layer = Image.new("L", (width, height), BG)
+    _draw_person(layer, p, pose)
+    labels = _apply_pattern(np.asarray(layer), p, pose)
+    xx = np.arange(width, dtype=np.float32)[None, :]
+    shade = np.where((xx - pose.cx) * cam.light >= 0, 1.0, 1.0 - abs(cam.light))  # lit side, shadow side
+    shade = np.broadcast_to(shade, (height, width))
+    image = np.where((labels != BG)[..., None], p.colours[labels] * shade[..., None],
+                     cam.background[oy:oy + height, ox:ox + width])
+    image = image * cam.gain * rng.uniform(0.97, 1.03)
+    grey = image.mean(axis=2, keepdims=True)
+    image = grey + cam.saturation * (image - grey)
+    img = Image.fromarray(np.clip(image, 0, 255).round().astype(np.uint8), "RGB")
+    if blur:  # junk images only
+        img = img.filter(ImageFilter.GaussianBlur(blur * height / 128.0))
+    return img
+
+
+STYLES = {
+    "real": Style("real", UPPER_COLOURS, LOWER_COLOURS, SKIN_COLOURS, HAIR_COLOURS, SHOE_COLOURS, BAG_COLOURS,
+                  cloth_jitter=40.0, fine_jitter=8.0, sample_camera=_sample_camera, render=_render, stream=()),
+    "virtual": Style("virtual", VIRTUAL_UPPER, VIRTUAL_LOWER, VIRTUAL_SKIN, VIRTUAL_HAIR, VIRTUAL_SHOES,
+                     VIRTUAL_BAGS, cloth_jitter=12.0, fine_jitter=4.0, sample_camera=_sample_virtual_camera,
+                     render=_render_virtual, stream=(1,)),
+}
+
+
 class _Tracklet:
     """Successive images of one person in one camera: same view and framing, walking on."""
 
@@ -380,22 +504,64 @@ class _Tracklet:
         return pose, bg, (self.seq, self.frame, int(rng.integers(1, 4)))
 
 
-def _save(img, folder, pid, cam_index, name_parts, quality, used):
-    """Save `img` as Market-style `PPPP_cCsS_FFFFFF_NN.jpg`; returns False on a name clash."""
-    seq, frame, bbox = name_parts
-    pid_str = "-1" if pid < 0 else f"{pid:04d}"
-    name = f"{pid_str}_c{cam_index + 1}s{seq}_{frame:06d}_{bbox:02d}.jpg"
-    if name in used:
-        return False
-    used.add(name)
-    img.save(os.path.join(folder, name), format="JPEG", quality=quality)
-    return True
+class _MarketWriter:
+    """Market-1501 files: bounding_box_train/, query/, bounding_box_test/ of PPPP_cCsS_FFFFFF_NN.jpg."""
+
+    outputs = SPLITS
+    folders = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+
+    def __init__(self, out_dir, quality):
+        self.out_dir, self.quality = out_dir, quality
+
+    def prepare(self):
+        for split in SPLITS:
+            os.makedirs(os.path.join(self.out_dir, split), exist_ok=True)
+
+    def save(self, img, split, pid, cam_index, market_name):
+        img.save(os.path.join(self.out_dir, self.folders[split], market_name), format="JPEG", quality=self.quality)
+
+    def finish(self, train_pids, test_pids, distractors):
+        pass
 
 
-def _render_identity(pid, seed, cameras, per_cam, height, width):
+class _OpenReidWriter:
+    """open-reid files: images/PPPPPPPP_CC_NNNN.jpg (0-based camera), meta.json, splits.json.
+
+    Query and gallery are given as pids in splits.json; each test identity's query in a
+    camera is written first there, so `--dataset openreid`'s rule (first image of each
+    camera is the query) finds the same queries as the Market layout. Distractors are
+    pid 0 (gallery only); open-reid has no junk class.
+    """
+
+    outputs = ("images", "meta.json", "splits.json")
+
+    def __init__(self, out_dir, quality, cams, name):
+        self.out_dir, self.quality, self.cams, self.name = out_dir, quality, cams, name
+        self.identities = {}
+
+    def prepare(self):
+        os.makedirs(os.path.join(self.out_dir, "images"), exist_ok=True)
+
+    def save(self, img, split, pid, cam_index, market_name):
+        cams = self.identities.setdefault(pid, [[] for _ in range(self.cams)])
+        fname = f"{pid:08d}_{cam_index:02d}_{len(cams[cam_index]):04d}.jpg"
+        cams[cam_index].append(fname)
+        img.save(os.path.join(self.out_dir, "images", fname), format="JPEG", quality=self.quality)
+
+    def finish(self, train_pids, test_pids, distractors):
+        identities = [self.identities.get(pid, [[] for _ in range(self.cams)])
+                      for pid in range(max(self.identities) + 1)]
+        meta = {"name": self.name, "shot": "multiple", "num_cameras": self.cams, "identities": identities}
+        split = {"trainval": train_pids, "query": test_pids, "gallery": ([0] if distractors else []) + test_pids}
+        for fname, obj in (("meta.json", meta), ("splits.json", [split])):
+            with open(os.path.join(self.out_dir, fname), "w") as f:
+                json.dump(obj, f)
+
+
+def _render_identity(pid, seed, cameras, per_cam, height, width, style):
     """All images of one identity: a list of (cam_index, [(PIL image, name parts)])."""
-    rng = np.random.default_rng([seed, 1, pid])
-    person = _sample_person(rng)
+    rng = np.random.default_rng([seed, 1, pid, *style.stream])
+    person = _sample_person(rng, style)
     n_cams = int(rng.integers(2, min(len(cameras), MAX_CAMS_PER_ID) + 1))
     out = []
     for c in sorted(rng.choice(len(cameras), n_cams, replace=False).tolist()):
@@ -403,15 +569,15 @@ def _render_identity(pid, seed, cameras, per_cam, height, width):
         images = []
         for _ in range(per_cam):
             pose, bg, name_parts = track.next_pose()
-            images.append((_render(person, cameras[c], pose, bg, rng, height, width), name_parts))
+            images.append((style.render(person, cameras[c], pose, bg, rng, height, width), name_parts))
         out.append((c, images))
     return out
 
 
-def _render_extra(rng, cameras, height, width, junk):
+def _render_extra(rng, cameras, height, width, junk, style):
     """A distractor (a random person-like figure) or, if `junk`, a junk image."""
     c = int(rng.integers(len(cameras)))
-    person = _sample_person(rng)
+    person = _sample_person(rng, style)
     track = _Tracklet(rng, cameras[c], person.height, height, width)
     pose, bg, name_parts = track.next_pose()
     blur = None
@@ -425,18 +591,31 @@ def _render_extra(rng, cameras, height, width, junk):
         else:  # mostly background, a sliver of a person at the edge
             pose.cx = rng.choice((-0.1, 1.1)) * width
             pose.height *= rng.uniform(0.5, 1.0)
-    return c, _render(person, cameras[c], pose, bg, rng, height, width, blur), name_parts
+    return c, style.render(person, cameras[c], pose, bg, rng, height, width, blur), name_parts
 
 
-def _check_args(ids, test_ids, cams, height, width, train_per_cam, gallery_per_cam, distractors, junk, quality):
+def _market_name(pid, cam_index, name_parts):
+    seq, frame, bbox = name_parts
+    pid_str = "-1" if pid < 0 else f"{pid:04d}"
+    return f"{pid_str}_c{cam_index + 1}s{seq}_{frame:06d}_{bbox:02d}.jpg"
+
+
+def _check_args(ids, test_ids, cams, height, width, train_per_cam, gallery_per_cam, distractors, junk, quality,
+                layout, style):
+    if layout not in LAYOUTS:
+        raise ReidError(f"--layout {layout}: expected one of {', '.join(LAYOUTS)}")
+    if style not in STYLES:
+        raise ReidError(f"--style {style}: expected one of {', '.join(STYLES)}")
     if ids < 2:
         raise ReidError(f"--ids {ids}: need at least 2 training identities")
     if test_ids < 2:
         raise ReidError(f"--test-ids {test_ids}: need at least 2 test identities")
     if ids + test_ids > MAX_PID:
         raise ReidError(f"--ids + --test-ids = {ids + test_ids}: at most {MAX_PID} identities (4-digit pids)")
-    if not 2 <= cams <= 9:
+    if layout == "market" and not 2 <= cams <= 9:
         raise ReidError(f"--cams {cams}: expected 2..9 cameras (one digit in Market names)")
+    if not 2 <= cams <= 99:
+        raise ReidError(f"--cams {cams}: expected 2..99 cameras (two digits in open-reid names)")
     if height < 32 or width < 16:
         raise ReidError(f"--height {height} --width {width}: images must be at least 32x16")
     if not (1 <= train_per_cam <= MAX_PER_CAM and 1 <= gallery_per_cam <= MAX_PER_CAM):
@@ -448,18 +627,26 @@ def _check_args(ids, test_ids, cams, height, width, train_per_cam, gallery_per_c
         raise ReidError(f"--quality {quality}: expected 1..100")
 
 
-def _prepare_folders(out_dir, overwrite):
-    for split in SPLITS:
-        folder = os.path.join(out_dir, split)
-        if os.path.isdir(folder) and os.listdir(folder):
+def _prepare_folders(out_dir, writer, overwrite):
+    """Refuse (or, with `overwrite`, remove) a dataset of either layout already in `out_dir`."""
+    for name in SPLITS + _OpenReidWriter.outputs:
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path) and os.listdir(path) or os.path.isfile(path):
             if not overwrite:
-                raise ReidError(f"{folder} is not empty: pass --overwrite to replace the synthetic dataset")
-            shutil.rmtree(folder)
-        os.makedirs(folder, exist_ok=True)
+                raise ReidError(f"{path} is not empty: pass --overwrite to replace the synthetic dataset")
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+    writer.prepare()
+
+
+LAYOUTS = ("market", "openreid")
 
 
 def generate(out_dir, ids=100, cams=6, seed=0, height=128, width=64, test_ids=None,
-             train_per_cam=3, gallery_per_cam=2, distractors=50, junk=20, quality=90, overwrite=False):
+             train_per_cam=3, gallery_per_cam=2, distractors=50, junk=20, quality=90, overwrite=False,
+             layout="market", style="real"):
     """Write the synthetic dataset to `out_dir`; returns a dict of counts.
 
     `ids` training identities and `test_ids` (default: `ids`) test identities, each seen
@@ -468,40 +655,66 @@ def generate(out_dir, ids=100, cams=6, seed=0, height=128, width=64, test_ids=No
     `distractors` images with pid 0 and `junk` images with pid -1. Counts returned:
     train_ids, train_images, test_ids, query, gallery (all of bounding_box_test,
     distractors and junk included), distractors, junk.
+
+    `layout`: "market" (Market-1501 files) or "openreid" (images/, meta.json,
+    splits.json; no junk there, so `junk` is ignored and counted as 0); both hold the
+    same images. `style`: "real" (camera-like) or "virtual" (a rendered, game-engine
+    look: saturated flat colours, clean gradient scenes, no noise or blur), whose people
+    and cameras are drawn from other random streams than the real style's.
     """
     test_ids = ids if test_ids is None else test_ids
-    _check_args(ids, test_ids, cams, height, width, train_per_cam, gallery_per_cam, distractors, junk, quality)
-    _prepare_folders(out_dir, overwrite)
-    train_dir, query_dir, gallery_dir = (os.path.join(out_dir, s) for s in SPLITS)
+    _check_args(ids, test_ids, cams, height, width, train_per_cam, gallery_per_cam, distractors, junk, quality,
+                layout, style)
+    look = STYLES[style]
+    if layout == "openreid":
+        junk = 0
+        writer = _OpenReidWriter(out_dir, quality, cams, f"synthetic-{style}")
+    else:
+        writer = _MarketWriter(out_dir, quality)
+    _prepare_folders(out_dir, writer, overwrite)
 
-    cameras = [_sample_camera(np.random.default_rng([seed, 0, c]), height, width) for c in range(cams)]
+    def rng(*key):
+        return np.random.default_rng([seed, *key, *look.stream])
+
+    cameras = [look.sample_camera(rng(0, c), height, width) for c in range(cams)]
     pool = min(MAX_PID, max(1501, 2 * (ids + test_ids)))
-    pids = np.random.default_rng([seed, 2]).choice(np.arange(1, pool + 1), ids + test_ids, replace=False)
+    pids = rng(2).choice(np.arange(1, pool + 1), ids + test_ids, replace=False)
     train_pids, test_pids = sorted(pids[:ids].tolist()), sorted(pids[ids:].tolist())
 
     counts = dict(train_ids=ids, train_images=0, test_ids=test_ids, query=0, gallery=0,
                   distractors=distractors, junk=junk)
-    used = set()
+    used = set()  # Market names, in both layouts, so that both hold the same images
+
+    def save(img, split, pid, c, name_parts):
+        name = _market_name(pid, c, name_parts)
+        if name in used:
+            return False
+        used.add(name)
+        writer.save(img, split, pid, c, name)
+        return True
+
     for pid in train_pids:
-        for c, images in _render_identity(pid, seed, cameras, train_per_cam, height, width):
+        for c, images in _render_identity(pid, seed, cameras, train_per_cam, height, width, look):
             for img, name_parts in images:
-                _save(img, train_dir, pid, c, name_parts, quality, used)
+                save(img, "train", pid, c, name_parts)
                 counts["train_images"] += 1
     for pid in test_pids:
-        rng = np.random.default_rng([seed, 3, pid])
-        for c, images in _render_identity(pid, seed, cameras, 1 + gallery_per_cam, height, width):
-            q = int(rng.integers(len(images)))
-            for i, (img, name_parts) in enumerate(images):
-                _save(img, query_dir if i == q else gallery_dir, pid, c, name_parts, quality, used)
-                counts["query" if i == q else "gallery"] += 1
+        q = rng(3, pid)
+        for c, images in _render_identity(pid, seed, cameras, 1 + gallery_per_cam, height, width, look):
+            first = int(q.integers(len(images)))  # the query, written first in its camera
+            for i in [first] + [i for i in range(len(images)) if i != first]:
+                split = "query" if i == first else "gallery"
+                save(images[i][0], split, pid, c, images[i][1])
+                counts[split] += 1
     for i in range(distractors + junk):
         is_junk = i >= distractors
-        rng = np.random.default_rng([seed, 5 if is_junk else 4, i])
+        extra_rng = rng(5 if is_junk else 4, i)
         while True:  # a name clash (same camera, frame and box) is re-drawn
-            c, img, name_parts = _render_extra(rng, cameras, height, width, is_junk)
-            if _save(img, gallery_dir, -1 if is_junk else 0, c, name_parts, quality, used):
+            c, img, name_parts = _render_extra(extra_rng, cameras, height, width, is_junk, look)
+            if save(img, "gallery", -1 if is_junk else 0, c, name_parts):
                 break
         counts["gallery"] += 1
+    writer.finish(train_pids, test_pids, distractors)
     return counts
 
 
@@ -509,11 +722,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m reid.data.synthetic",
         description="Generate a deterministic synthetic person re-ID dataset in the Market-1501 layout "
-                    "(bounding_box_train/, query/, bounding_box_test/).")
+                    "(bounding_box_train/, query/, bounding_box_test/) or the open-reid layout "
+                    "(images/, meta.json, splits.json).")
     parser.add_argument("out", help="output folder (the dataset root)")
     parser.add_argument("--ids", type=int, default=100, help="training identities (default 100)")
     parser.add_argument("--test-ids", type=int, default=None, help="test identities (default: same as --ids)")
-    parser.add_argument("--cams", type=int, default=6, help="cameras, 2..9 (default 6)")
+    parser.add_argument("--cams", type=int, default=6, help="cameras, 2..9 (2..99 with --layout openreid; default 6)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--height", type=int, default=128, help="image height (default 128)")
     parser.add_argument("--width", type=int, default=64, help="image width (default 64)")
@@ -522,15 +736,22 @@ def main(argv=None):
     parser.add_argument("--gallery-per-cam", type=int, default=2,
                         help="gallery images per test identity per camera, besides its query (default 2)")
     parser.add_argument("--distractors", type=int, default=50, help="gallery distractors, pid 0000 (default 50)")
-    parser.add_argument("--junk", type=int, default=20, help="gallery junk images, pid -1 (default 20)")
+    parser.add_argument("--junk", type=int, default=20,
+                        help="gallery junk images, pid -1 (default 20; none with --layout openreid)")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    parser.add_argument("--layout", default="market", choices=LAYOUTS,
+                        help="market (default: Market-1501 files) or openreid (images/, meta.json, splits.json; "
+                             "load it with --dataset openreid)")
+    parser.add_argument("--style", default="real", choices=tuple(STYLES),
+                        help="real (default: camera-like images) or virtual (rendered look: saturated flat "
+                             "colours, clean scenes, no noise), e.g. MetaAttack's virtual meta dataset")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUT")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     counts = generate(args.out, ids=args.ids, cams=args.cams, seed=args.seed, height=args.height,
                       width=args.width, test_ids=args.test_ids, train_per_cam=args.train_per_cam,
                       gallery_per_cam=args.gallery_per_cam, distractors=args.distractors, junk=args.junk,
-                      quality=args.quality, overwrite=args.overwrite)
+                      quality=args.quality, overwrite=args.overwrite, layout=args.layout, style=args.style)
     print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s: "
           + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
 
