@@ -24,8 +24,8 @@ from reid.data import DATASET_NAMES, build_transforms, eval_loader, load_dataset
 from reid.engine import Split, attack_split, metrics_table, split_metrics, summarize_runs
 from reid.features import extract_features
 from reid.metrics import pairwise_distance
-from reid.utils import (ReidError, atomic_path, check_writable_dir, cli_main, link_or_copy, resolve_device,
-                        seed_everything)
+from reid.utils import (MAX_SEED, ReidError, atomic_path, check_input_dir, check_number, check_writable_dir,
+                        cli_main, link_or_copy, resolve_device, seed_everything)
 from reid.viz import perturbation_figure, ranking_figure
 
 DATASET_FOLDERS = {"query": "query", "gallery": "bounding_box_test", "train": "bounding_box_train"}
@@ -66,12 +66,17 @@ def parse_args(argv=None):
     p.add_argument("--visualize", type=int, default=0, metavar="K",
                    help="ranking pictures for K queries and a perturbation grid per attack")
     args = p.parse_args(argv)
+    for flag, value in (("--eps", args.eps), ("--step", args.step)):
+        check_number(flag, value)  # finite; their ranges are checked with the attacks
     names = [n for a in args.attack for n in a.split(",") if n.strip() and n.strip().lower() != "clean"]
     args.attack = check_attack_args(names, args.single, args.eps, args.step, args.max_iter) if names else []
     for flag, value, low in (("-n", args.nb_repeat, 1), ("-b", args.batch_size, 1), ("--workers", args.workers, 0),
-                             ("--visualize", args.visualize, 0)):
-        if value < low:
-            raise ReidError(f"{flag} {value}: expected an integer >= {low}")
+                             ("--visualize", args.visualize, 0), ("--height", args.height, 16),
+                             ("--width", args.width, 16), ("-e", args.embedding_size, 1)):
+        check_number(flag, value, low)  # None (--height, --width, -e not given) passes
+    check_number("--seed", args.seed, 0, MAX_SEED)
+    check_input_dir(args.checkpoints_folder, "checkpoints_folder")
+    check_input_dir(args.dataset_folder, "dataset folder")
     return args
 
 

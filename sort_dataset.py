@@ -10,13 +10,14 @@ import argparse
 import os
 
 from reid.data import DATASET_NAMES, load_dataset
-from reid.utils import ReidError, check_writable_dir, cli_main, link_or_copy
+from reid.utils import ReidError, check_input_dir, check_writable_dir, cli_main, link_or_copy
 
 SPLITS = ("train", "query", "gallery")
 
 
 def sort_dataset(dataset_folder, dataset="market", mode="link"):
     """Create the sorted/ tree; returns {split: (identities, images, newly placed)}."""
+    check_input_dir(dataset_folder, "dataset folder")
     data = load_dataset(dataset_folder, dataset)
     out_root = os.path.join(data.root, "sorted")
     check_writable_dir(out_root, "guide pool")

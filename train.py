@@ -18,8 +18,9 @@ from reid.checkpoint import load_model, rng_state, save_checkpoint, set_rng_stat
 from reid.data import DATASET_NAMES, build_transforms, eval_loader, load_dataset, train_loader
 from reid.engine import Objective, append_jsonl, evaluate, format_metrics, lr_schedule, train_epoch
 from reid.goat import Goat, GuidePool, goat_config
-from reid.models import build_model
-from reid.utils import ReidError, check_writable_dir, cli_main, resolve_device, seed_everything
+from reid.models import build_model, imagenet_weights_path
+from reid.utils import (MAX_SEED, ReidError, check_input_dir, check_number, check_writable_dir, cli_main,
+                        resolve_device, seed_everything)
 
 
 def parse_args(argv=None):
@@ -65,10 +66,19 @@ def parse_args(argv=None):
     for flag, value, low in (("-n", args.n_epoch, 1), ("-b", args.batch_size, 1), ("--eval-every", args.eval_every, 1),
                              ("--height", args.height, 16), ("--width", args.width, 16), ("-e", args.embedding_size, 1),
                              ("-ni", args.num_instances, 1), ("--workers", args.workers, 0)):
-        if value < low:
-            raise ReidError(f"{flag} {value}: expected an integer >= {low}")
-    if args.lr <= 0:
-        raise ReidError(f"--lr {args.lr}: expected a positive learning rate")
+        check_number(flag, value, low)
+    check_number("--seed", args.seed, 0, MAX_SEED)
+    check_number("--lr", args.lr, 0, strict=True)
+    check_number("-wd", args.weight_decay, 0)
+    for flag, value in (("--adv-eps", args.adv_eps), ("--adv-step", args.adv_step)):
+        check_number(flag, value)  # finite; their ranges are checked with the other GOAT flags
+    if args.id_batch and args.batch_size % args.num_instances:
+        raise ReidError(f"-b {args.batch_size}: with --id_batch, expected a multiple of -ni {args.num_instances}")
+    if not os.path.basename(args.filename):
+        raise ReidError(f"-f {args.filename!r}: expected a file name")
+    check_input_dir(args.dataset_folder, "dataset folder")
+    if (args.pretrained or args.pretrained_path) and not args.resume:
+        imagenet_weights_path(args.pretrained_path)  # missing or misplaced weights: say so before any work
     args.goat = goat_config(args.adv, args.sma, args.push, args.pull, args.id_batch,
                             args.adv_eps, args.adv_iters, args.adv_step)
     return args
@@ -95,6 +105,9 @@ def main(argv=None):
 
     data = load_dataset(args.dataset_folder, args.dataset)
     print(data.summary())
+    if not args.id_batch and args.batch_size > len(data.train):
+        raise ReidError(f"-b {args.batch_size}: more than the {len(data.train)} training images "
+                        "(batches are full-size, so not one step would be taken)")
     pool = GuidePool.from_dataset(data, args.goat.num_push) if args.goat and args.goat.push == "pool" else None
     goat_state = asdict(args.goat) if args.goat else None
     if args.goat:
@@ -133,6 +146,8 @@ def main(argv=None):
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
         print(f"resuming {last_path} at epoch {start_epoch} (best mAP so far {best_map:.4f})")
+        if start_epoch >= args.n_epoch:
+            print(f"note: {last_path} has already done its {start_epoch} epochs; raise -n to train further")
     elif os.path.exists(last_path):
         print(f"note: {last_path} exists and will be overwritten (use --resume to continue it)")
 

@@ -35,6 +35,13 @@ def cli_main(main):
         sys.exit(130)
 
 
+MAX_SEED = 2**32 - 1  # --seed: numpy's range; seed * 1000003 + run still fits torch's generators
+
+
+def _number(x):
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
 def check_number(flag, value, low=None, high=None, *, strict=False):
     """Check a numeric command-line value; returns it, or raises a ReidError naming `flag`.
 
@@ -45,13 +52,13 @@ def check_number(flag, value, low=None, high=None, *, strict=False):
     if value is None:
         return value
     is_int = isinstance(value, int) and not isinstance(value, bool)
-    shown = str(value) if is_int else f"{value:g}"
+    shown = _number(value)
     if not is_int and not math.isfinite(value):
         raise ReidError(f"{flag} {shown}: expected a finite number")
     too_low = low is not None and (value <= low if strict else value < low)
     if too_low or (high is not None and value > high):
-        bounds = [f"{'>' if strict else '>='} {low:g}" if low is not None else "",
-                  f"<= {high:g}" if high is not None else ""]
+        bounds = [f"{'>' if strict else '>='} {_number(low)}" if low is not None else "",
+                  f"<= {_number(high)}" if high is not None else ""]
         raise ReidError(f"{flag} {shown}: expected {'an integer' if is_int else 'a number'} "
                         + " and ".join(b for b in bounds if b))
     return value

@@ -231,3 +231,130 @@ def test_sort_dataset_pool_in_the_way(tiny_market):
         f.write("x")
     with pytest.raises(ReidError, match=r"^cannot write .*sorted/train/0003/0003_c1s1_000002_01.jpg: "):
         sort_dataset(tiny_market)
+
+
+# -- numeric flags: refused up front, naming the flag ------------------------------------
+
+def train_args(*extra):
+    import train
+    return train.parse_args(["DATA", *map(str, extra)])
+
+
+def gen_adv_args(*extra):
+    import gen_adv
+    return gen_adv.parse_args(["CKPTS", "DATA", "m.th", *map(str, extra)])
+
+
+@pytest.mark.parametrize("flag", ["--lr", "-wd", "--weight_decay", "--adv-eps", "--adv-step"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_train_float_flags_refuse_nan_and_inf(flag, value):
+    shown = "-wd" if flag == "--weight_decay" else flag
+    with pytest.raises(ReidError, match=f"^{shown} {value}: expected a finite number$"):
+        train_args(f"{flag}={value}")  # "=": argparse takes a bare -inf for an option
+    with pytest.raises(ReidError, match=f"^{shown} {value}: expected a finite number$"):
+        train_args("--adv", "--sma", f"{flag}={value}")  # also before GOAT's own checks
+
+
+@pytest.mark.parametrize("flag", ["--eps", "--step"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_gen_adv_float_flags_refuse_nan_and_inf(flag, value):
+    for attack in ("clean", "FNA"):
+        with pytest.raises(ReidError, match=f"^{flag} {value}: expected a finite number$"):
+            gen_adv_args("-a", attack, f"{flag}={value}")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--lr", "0"], "--lr 0: expected a number > 0"),
+    (["--lr", "-0.001"], "--lr -0.001: expected a number > 0"),
+    (["-wd", "-1"], "-wd -1: expected a number >= 0"),
+    (["-n", "0"], "-n 0: expected an integer >= 1"),
+    (["-b", "0"], "-b 0: expected an integer >= 1"),
+    (["--workers", "-1"], "--workers -1: expected an integer >= 0"),
+    (["--height", "8"], "--height 8: expected an integer >= 16"),
+    (["-ni", "0"], "-ni 0: expected an integer >= 1"),
+    (["--seed", "-1"], "--seed -1: expected an integer >= 0 and <= 4294967295"),
+    (["--seed", str(2**64)], "--seed 18446744073709551616: expected an integer >= 0 and <= 4294967295"),
+    (["--id_batch", "-b", "30", "-ni", "4"], "-b 30: with --id_batch, expected a multiple of -ni 4"),
+    (["-f", ""], "-f '': expected a file name"),
+    (["--adv", "--sma", "--adv-eps", "0"], "--adv-eps 0: must be in (0, 255]"),
+    (["--adv", "--sma", "--adv-iters", "0"], "--adv-iters 0: must be an integer >= 1"),
+])
+def test_train_numeric_flags(args, message):
+    with pytest.raises(ReidError) as info:
+        train_args(*args)
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--height", "0"], "--height 0: expected an integer >= 16"),
+    (["--height", "15"], "--height 15: expected an integer >= 16"),
+    (["--width", "0"], "--width 0: expected an integer >= 16"),
+    (["-e", "0"], "-e 0: expected an integer >= 1"),
+    (["-n", "0"], "-n 0: expected an integer >= 1"),
+    (["-b", "0"], "-b 0: expected an integer >= 1"),
+    (["--workers", "-1"], "--workers -1: expected an integer >= 0"),
+    (["--visualize", "-1"], "--visualize -1: expected an integer >= 0"),
+    (["--seed", "-3"], "--seed -3: expected an integer >= 0 and <= 4294967295"),
+    (["-a", "FNA", "--max_iter", "0"], "--max_iter 0: must be an integer >= 1"),
+    (["-a", "FNA", "--eps", "0"], "--eps 0: must be in (0, 255]"),
+    (["-a", "FNA", "--step", "-1"], "--step -1: must be > 0"),
+])
+def test_gen_adv_numeric_flags(args, message):
+    with pytest.raises(ReidError) as info:
+        gen_adv_args(*args)
+    assert str(info.value).startswith(message)
+
+
+def test_gen_adv_size_flags_are_kept():
+    args = gen_adv_args("--height", "16", "--width", "32")
+    assert (args.height, args.width) == (16, 32)
+    assert gen_adv_args().height is None  # not given: the checkpoint's size is used
+
+
+def test_train_nan_lr_through_the_cli():
+    """What a user sees: `train.py --lr nan` used to end in torch's ValueError traceback."""
+    proc = run_cli("train.py", "/nonexistent/data", "--lr", "nan", check=False)
+    one_line_error(proc, "--lr nan: expected a finite number")
+
+
+def test_train_batch_larger_than_the_training_set(tiny_market, tmp_path):
+    import train
+    with pytest.raises(ReidError, match=r"^-b 8: more than the 7 training images"):
+        train.main([tiny_market, "-b", "8", "--device", "cpu", "--workers", "0", "--checkpoint-dir", str(tmp_path)])
+
+
+# -- input paths ---------------------------------------------------------------------------
+
+def test_dataset_folder_that_is_a_file(tmp_path):
+    """It used to be reported as "does not exist"."""
+    import gen_adv
+    import train
+    data = tmp_path / "data.zip"
+    data.write_text("x")
+    with pytest.raises(ReidError, match=r"^dataset folder .*data.zip is a file, not a folder$"):
+        train.parse_args([str(data)])
+    with pytest.raises(ReidError, match=r"^dataset folder .*data.zip is a file, not a folder$"):
+        gen_adv.parse_args([str(tmp_path), str(data), "m.th"])
+    proc = run_cli("sort_dataset.py", data, check=False)
+    one_line_error(proc, f"dataset folder {data} is a file, not a folder")
+
+
+def test_checkpoints_folder_that_is_a_file(tmp_path):
+    import gen_adv
+    (tmp_path / "ckpts").write_text("x")
+    with pytest.raises(ReidError, match=r"^checkpoints_folder .*ckpts is a file, not a folder$"):
+        gen_adv.parse_args([str(tmp_path / "ckpts"), str(tmp_path), "m.th"])
+
+
+def test_pretrained_path_problems_are_found_before_any_work(tmp_path):
+    with pytest.raises(ReidError, match=r"^--pretrained-path .*: is a folder, expected the weights file$"):
+        train_args("--pretrained-path", tmp_path)
+    with pytest.raises(ReidError, match=r"^--pretrained-path .*nope.pth: no such file$"):
+        train_args("--pretrained-path", tmp_path / "nope.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    from reid.models import ReidNet, load_imagenet_weights
+    with pytest.raises(ReidError, match=r"empty.pth is not a ResNet50 weights file: the file is empty$"):
+        load_imagenet_weights(ReidNet("classif", 3), str(tmp_path / "empty.pth"))
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(ReidError, match=r"list.pth is not a torchvision ResNet50 state dict"):
+        load_imagenet_weights(ReidNet("classif", 3), str(tmp_path / "list.pth"))
