@@ -77,8 +77,6 @@ def parse_args(argv=None):
     if not os.path.basename(args.filename):
         raise ReidError(f"-f {args.filename!r}: expected a file name")
     check_input_dir(args.dataset_folder, "dataset folder")
-    if (args.pretrained or args.pretrained_path) and not args.resume:
-        imagenet_weights_path(args.pretrained_path)  # missing or misplaced weights: say so before any work
     args.goat = goat_config(args.adv, args.sma, args.push, args.pull, args.id_batch,
                             args.adv_eps, args.adv_iters, args.adv_step)
     return args
@@ -102,6 +100,8 @@ def main(argv=None):
     for path in (best_path, last_path, log_path):
         if os.path.isdir(path):
             raise ReidError(f"-f {args.filename}: {path} is a folder")
+    if (args.pretrained or args.pretrained_path) and not args.resume:
+        imagenet_weights_path(args.pretrained_path)  # missing or misplaced weights: say so before any work
 
     data = load_dataset(args.dataset_folder, args.dataset)
     print(data.summary())

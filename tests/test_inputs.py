@@ -347,10 +347,12 @@ def test_checkpoints_folder_that_is_a_file(tmp_path):
 
 
 def test_pretrained_path_problems_are_found_before_any_work(tmp_path):
+    import train
+    common = [str(tmp_path / "no-data"), "--device", "cpu", "--checkpoint-dir", str(tmp_path / "ckpt")]
     with pytest.raises(ReidError, match=r"^--pretrained-path .*: is a folder, expected the weights file$"):
-        train_args("--pretrained-path", tmp_path)
+        train.main(common + ["--pretrained-path", str(tmp_path)])
     with pytest.raises(ReidError, match=r"^--pretrained-path .*nope.pth: no such file$"):
-        train_args("--pretrained-path", tmp_path / "nope.pth")
+        train.main(common + ["--pretrained-path", str(tmp_path / "nope.pth")])
     (tmp_path / "empty.pth").write_bytes(b"")
     from reid.models import ReidNet, load_imagenet_weights
     with pytest.raises(ReidError, match=r"empty.pth is not a ResNet50 weights file: the file is empty$"):
