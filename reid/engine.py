@@ -14,13 +14,13 @@ from typing import List
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from reid.attacks import ATTACKS, attack_batch, plan_attack
 from reid.data import Sample
 from reid.features import extract_features
 from reid.losses import batch_hard_triplet_loss
 from reid.metrics import evaluate_rank, pairwise_distance
+from reid.utils import progress
 
 METRIC_NAMES = ("mAP", "rank1", "rank5", "rank10", "mINP")
 
@@ -73,7 +73,7 @@ def train_epoch(model, loader, optimizer, objective, device, epoch, prepare_batc
     (GOAT), where `companions` are the loader's extra per-sample images, if any."""
     model.train()
     total_loss, total_acc, n = 0.0, 0.0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+    bar = progress(loader, f"epoch {epoch}")
     for images, labels, _, _, *companions in bar:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         if prepare_batch is not None:
@@ -150,7 +150,7 @@ def attack_split(model, loader, target, name, *, guides=None, single=False, cosi
     adv_feats = torch.empty_like(target.feats)
     largest = torch.zeros((), device=device)
     start = time.perf_counter()
-    for images, _, _, idx in tqdm(loader, desc=name, leave=False, dynamic_ncols=True):
+    for images, _, _, idx in progress(loader, name):
         images = images.to(device, non_blocking=True)
         adv, feats = attack_batch(model, images, plan, idx, eps=eps, step=step, max_iter=max_iter,
                                   generator=generator)

@@ -3,7 +3,8 @@
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+
+from reid.utils import progress
 
 
 @torch.no_grad()
@@ -17,7 +18,7 @@ def extract_features(model, loader, device, desc="features", normalize=False):
     model.eval()
     feats, pids, camids = [], [], []
     try:
-        for images, pid, camid, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        for images, pid, camid, _ in progress(loader, desc):
             feats.append(model(images.to(device, non_blocking=True)).float())
             pids.append(pid)
             camids.append(camid)

@@ -29,6 +29,8 @@ def test_gen_adv_clean_results_and_features(trained_checkpoint, synthetic_datase
     proc = run("gen_adv.py", str(trained_checkpoint), synthetic_dataset, "m.th", "--classif", "-a", "clean",
                "--device", "cpu", "--workers", "0", "--out", str(out), "--save-features")
     assert "mAP" in proc.stdout
+    # stderr is a pipe, not a terminal: a few plain progress lines, no redrawn tqdm bars
+    assert "\r" not in proc.stderr and len(proc.stderr.splitlines()) <= 8, proc.stderr
     results = json.load(open(out / "results.json"))
     assert set(results) == {"config", "clean", "attacks"}
     assert set(results["clean"]) == METRIC_KEYS
@@ -49,6 +51,7 @@ def test_resume_continues_exactly(synthetic_dataset, trained_checkpoint, tmp_pat
     train(synthetic_dataset, resumed, epochs=1)
     proc = train(synthetic_dataset, resumed, "--resume", epochs=2)
     assert "resuming" in proc.stdout
+    assert "\r" not in proc.stderr and len(proc.stderr.splitlines()) <= 8, proc.stderr  # plain progress lines
     a = read_checkpoint(str(straight / "m-last.th"))
     b = read_checkpoint(str(resumed / "m-last.th"))
     assert a["epoch"] == b["epoch"] == 1
