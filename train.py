@@ -14,6 +14,7 @@ from dataclasses import asdict
 
 import torch
 
+from reid.attacks import WEIGHTINGS
 from reid.checkpoint import load_model, rng_state, save_checkpoint, set_rng_state
 from reid.data import DATASET_NAMES, build_transforms, eval_loader, load_dataset, train_loader
 from reid.engine import Objective, append_jsonl, evaluate, format_metrics, lr_schedule, train_epoch
@@ -61,6 +62,8 @@ def parse_args(argv=None):
     goat.add_argument("--adv-eps", type=float, default=5.0, help="L-inf budget in /255 (default 5)")
     goat.add_argument("--adv-iters", type=int, default=7, help="PGD iterations (default 7)")
     goat.add_argument("--adv-step", type=float, default=1.0, help="PGD step in /255 (default 1)")
+    goat.add_argument("--adv-guide-weights", default="reference", choices=WEIGHTINGS,
+                      help="pushing-guide weights, as gen_adv.py's --guide-weights (default reference)")
     args = p.parse_args(argv)
     args.kind = args.kind or "classif"
     for flag, value, low in (("-n", args.n_epoch, 1), ("-b", args.batch_size, 1), ("--eval-every", args.eval_every, 1),
@@ -78,7 +81,7 @@ def parse_args(argv=None):
         raise ReidError(f"-f {args.filename!r}: expected a file name")
     check_input_dir(args.dataset_folder, "dataset folder")
     args.goat = goat_config(args.adv, args.sma, args.push, args.pull, args.id_batch,
-                            args.adv_eps, args.adv_iters, args.adv_step)
+                            args.adv_eps, args.adv_iters, args.adv_step, args.adv_guide_weights)
     return args
 
 
@@ -125,8 +128,11 @@ def main(argv=None):
         if model.num_classes not in (None, data.num_train_pids):
             raise ReidError(f"{last_path} was trained on {model.num_classes} identities, "
                             f"{args.dataset_folder} has {data.num_train_pids}")
-        if ckpt.get("goat", goat_state) != goat_state:
-            raise ReidError(f"--resume: {last_path} was trained with GOAT settings {ckpt.get('goat')}, "
+        saved = ckpt.get("goat", goat_state)
+        if saved is not None and "weighting" not in saved:  # written before weightings existed: mean
+            saved = {**saved, "weighting": "mean"}
+        if saved != goat_state:
+            raise ReidError(f"--resume: {last_path} was trained with GOAT settings {saved}, "
                             f"the flags given ask for {goat_state}")
     else:
         model = build_model(args.kind, data.num_train_pids, args.embedding_size,

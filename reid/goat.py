@@ -12,7 +12,8 @@ through ``perturb``): only the guides are GOAT's own. Where the pushing guides c
 
 ``pull`` (``--pull``) adds one pulling guide: the clean feature, in the batch, furthest from
 the image among the other identities (FNA during training). Weights follow the attacks'
-convention: the pushing guides share +1, the pulling guide weighs -1.
+convention (``weighting``, default ``reference``: each pushing guide 1; ``mean``: sharing
++1); the pulling guide weighs -1.
 
 Every guide is a clean feature of the current model, computed with the model in eval mode
 and no gradient, batch and pool guide images together in one forward pass. The attack also
@@ -27,7 +28,7 @@ from typing import List
 
 import torch
 
-from reid.attacks import attack_mode, check_budget, pack_bank_guides, perturb
+from reid.attacks import WEIGHTINGS, attack_mode, check_budget, pack_bank_guides, perturb
 from reid.metrics import pairwise_distance
 from reid.utils import ReidError
 
@@ -44,19 +45,23 @@ class GoatConfig:
     eps: float = 5.0     # /255
     iters: int = 7
     step: float = 1.0    # /255
+    weighting: str = "reference"   # pushing-guide weights, as the attacks' (reid.attacks.WEIGHTINGS)
 
     def __post_init__(self):
         if self.push not in PUSH_SOURCES:
             raise ValueError(f"GoatConfig.push {self.push!r}: expected one of {PUSH_SOURCES}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"GoatConfig.weighting {self.weighting!r}: expected one of {WEIGHTINGS}")
 
     def describe(self):
         push = {"self": "SMA (own feature)", "pool": f"{self.num_push} pool guides",
                 "batch": "in-batch same-identity guides"}[self.push]
-        return (f"GOAT: push {push}{' + furthest pull' if self.pull else ''}, "
+        return (f"GOAT: push {push}{' + furthest pull' if self.pull else ''} ({self.weighting} weights), "
                 f"PGD eps {self.eps:g}/255, {self.iters} iterations of {self.step:g}/255")
 
 
-def goat_config(adv, sma=False, push=None, pull=False, id_batch=False, eps=5.0, iters=7, step=1.0):
+def goat_config(adv, sma=False, push=None, pull=False, id_batch=False, eps=5.0, iters=7, step=1.0,
+                weighting="reference"):
     """The GoatConfig train.py's flags ask for (None without ``--adv``); ReidError if they clash."""
     if not adv:
         given = [flag for flag, on in (("--sma", sma), ("--push", push is not None), ("--pull", pull)) if on]
@@ -77,7 +82,8 @@ def goat_config(adv, sma=False, push=None, pull=False, id_batch=False, eps=5.0, 
     else:
         raise ReidError("--adv needs pushing guides: --sma, --push [N] (from sorted/train) "
                         "or --id_batch (other instances in the P x K batch)")
-    return GoatConfig(source, push if source == "pool" else 0, bool(pull), float(eps), int(iters), float(step))
+    return GoatConfig(source, push if source == "pool" else 0, bool(pull), float(eps), int(iters), float(step),
+                      weighting)
 
 
 class GuidePool:
@@ -135,22 +141,30 @@ def guide_weights(config, feats, labels, num_pool):
     feats (B, D): the batch's clean features; labels (B,); the pool features of image b are
     bank rows B + b * num_pool ... B + (b + 1) * num_pool - 1. Images with no usable guide
     (``batch`` source, an identity alone in its batch) push from their own feature.
+    Pushing weights follow the attacks' rule (``reid.attacks.guides``): ``reference``, each
+    guide 1 and, for in-batch guides, the own feature padding the identity to the batch's
+    largest one (pool guides are N for everyone: no padding); ``mean``, sharing 1.
     """
     b = len(feats)
     eye = torch.eye(b, dtype=torch.bool, device=feats.device)
     same = labels.view(-1, 1) == labels.view(1, -1)
+    each = config.weighting == "reference"
     if config.push == "self":
         push = eye.float()
     elif config.push == "batch":
         others = same & ~eye
-        push = others.float() / others.sum(1, keepdim=True).clamp(min=1)
+        n = others.sum(1, keepdim=True)
+        if each:
+            push = others.float() + eye.float() * (n.max() + 1 - n).float()  # itself + padding
+        else:
+            push = others.float() / n.clamp(min=1)
         push = torch.where(others.any(1, keepdim=True), push, eye.float())
     else:
         push = torch.zeros(b, b, device=feats.device)
     weights = torch.zeros(b, b + b * num_pool, device=feats.device)
     weights[:, :b] = push
-    if config.push == "pool":  # image b's own pool rows, 1 / num_pool each
-        weights[:, b:] = eye.float().repeat_interleave(num_pool, dim=1) / num_pool
+    if config.push == "pool":  # image b's own pool rows, 1 (reference) or 1 / num_pool (mean) each
+        weights[:, b:] = eye.float().repeat_interleave(num_pool, dim=1) / (1 if each else num_pool)
     if config.pull:  # the furthest other identity; none if the batch holds only this one
         furthest = pairwise_distance(feats, feats).masked_fill(same, -1.0).argmax(1)
         weights[torch.arange(b, device=feats.device), furthest] -= (~same).any(1).float()

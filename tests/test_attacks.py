@@ -121,10 +121,46 @@ def brute_centroids(feats, pids):
     return ids, torch.stack([feats[pids == p].mean(0) for p in ids])
 
 
+def weight_by_feature(plan, i):
+    """{feature row (rounded): total pushing weight} of image i."""
+    out = {}
+    for g, w in zip(*pushing(plan, i)):
+        key = rows_of(g[None])[0]
+        out[key] = out.get(key, 0.0) + float(w)
+    return out
+
+
+@pytest.mark.parametrize("name", ["FGSM", "IFGSM", "MIFGSM", "FNA", "FNA_rand"])
+def test_reference_weighting_is_the_reference_codes_padded_guide_stack(setup, name):
+    """Default weighting: the reference code stacks every image of the identity (the image
+    itself included) and pads the stack with the image's own feature up to the largest
+    identity, each entry weighing 1. Brute force: build that stack and count."""
+    _, _, feats = setup
+    plan = plan_attack(name, feats, PIDS)                      # weighting="reference" by default
+    largest = max(int((PIDS == p).sum()) for p in set(PIDS.tolist()) if p > 0)
+    for i, p in enumerate(PIDS.tolist()):
+        if p <= 0:
+            assert len(pushing(plan, i)[0]) == 0
+            continue
+        members = [j for j in range(len(PIDS)) if PIDS[j] == p]
+        if len(members) == 1:      # singleton: our fallback (own feature, random start)
+            assert plan.rand_start[i] and weight_by_feature(plan, i) == {rows_of(feats[i:i + 1])[0]: 1.0}
+            continue
+        stack = members + [i] * (largest - len(members))
+        expected = {}
+        for j in stack:
+            key = rows_of(feats[j:j + 1])[0]
+            expected[key] = expected.get(key, 0.0) + 1.0
+        got = weight_by_feature(plan, i)
+        assert got.keys() == expected.keys()
+        assert all(abs(got[k] - expected[k]) < 1e-6 for k in got)
+        assert not plan.rand_start[i]
+
+
 @pytest.mark.parametrize("name", ["FGSM", "IFGSM", "MIFGSM", "FNA", "FNA_rand"])
 def test_pushing_guides_are_the_other_same_identity_images(setup, name):
     _, _, feats = setup
-    plan = plan_attack(name, feats, PIDS)
+    plan = plan_attack(name, feats, PIDS, weighting="mean")
     for i, p in enumerate(PIDS.tolist()):
         g, w = pushing(plan, i)
         if p <= 0:

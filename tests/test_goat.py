@@ -123,11 +123,16 @@ def _brute_pull(feats, labels):
     return out
 
 
+@pytest.mark.parametrize("weighting", ["reference", "mean"])
 @pytest.mark.parametrize("source", ["self", "batch", "pool"])
-def test_guide_weights_against_brute_force(source):
+def test_guide_weights_against_brute_force(source, weighting):
+    """mean: pushing guides share 1. reference (the attacks' default, the reference code's
+    rule): each guide weighs 1, and in-batch guides are the whole identity, the image itself
+    included, padded with the image up to the batch's largest identity."""
     feats = torch.randn(len(LABELS), 6, generator=torch.Generator().manual_seed(0))
     n_pool = 3 if source == "pool" else 0
-    config = GoatConfig(source, n_pool, pull=True)
+    config = GoatConfig(source, n_pool, pull=True, weighting=weighting)
+    largest = max(int((LABELS == label).sum()) for label in LABELS)
     w = guide_weights(config, feats, LABELS, n_pool)
     b = len(LABELS)
     assert w.shape == (b, b + b * n_pool)
@@ -136,19 +141,25 @@ def test_guide_weights_against_brute_force(source):
         expected = torch.zeros(w.shape[1])
         if source == "self":
             expected[i] = 1
-        elif source == "batch":
+        elif source == "batch" and weighting == "mean":
             others = [j for j in range(b) if LABELS[j] == LABELS[i] and j != i] or [i]
             expected[others] = 1 / len(others)
+        elif source == "batch":
+            members = [j for j in range(b) if LABELS[j] == LABELS[i]]
+            for j in (members + [i] * (largest - len(members)) if len(members) > 1 else [i]):
+                expected[j] += 1
         else:
-            expected[b + i * n_pool: b + (i + 1) * n_pool] = 1 / n_pool
+            expected[b + i * n_pool: b + (i + 1) * n_pool] = 1 / n_pool if weighting == "mean" else 1
         expected[pulls[i]] -= 1
         assert torch.allclose(w[i], expected), (source, i, w[i], expected)
 
 
-def test_no_pull_when_the_batch_holds_one_identity():
+@pytest.mark.parametrize("weighting,total", [("reference", 4.0), ("mean", 1.0)])
+def test_no_pull_when_the_batch_holds_one_identity(weighting, total):
     feats = torch.randn(4, 5)
-    w = guide_weights(GoatConfig("batch", 0, pull=True), feats, torch.zeros(4, dtype=torch.long), 0)
-    assert (w >= 0).all() and torch.allclose(w.sum(1), torch.ones(4))
+    w = guide_weights(GoatConfig("batch", 0, pull=True, weighting=weighting), feats,
+                      torch.zeros(4, dtype=torch.long), 0)
+    assert (w >= 0).all() and torch.allclose(w.sum(1), torch.full((4,), total))
 
 
 def test_dense_packing_matches_the_loss_over_each_guide():
@@ -200,7 +211,8 @@ def test_goat_epoch_end_to_end_and_resume(sorted_dataset, tmp_path):
     proc = _train_goat(sorted_dataset, straight, "--push", "2", "--pull", epochs=2)
     assert "GOAT: push 2 pool guides + furthest pull" in proc.stdout
     ckpt = read_checkpoint(str(straight / "m-last.th"))
-    assert ckpt["goat"] == {"push": "pool", "num_push": 2, "pull": True, "eps": 5.0, "iters": 2, "step": 1.0}
+    assert ckpt["goat"] == {"push": "pool", "num_push": 2, "pull": True, "eps": 5.0, "iters": 2, "step": 1.0,
+                            "weighting": "reference"}
     assert ckpt["args"]["goat"] == ckpt["goat"]
     log = [json.loads(line) for line in open(straight / "m.log.jsonl")]
     assert [r["epoch"] for r in log] == [0, 1] and all(0 <= r["mAP"] <= 1 for r in log)

@@ -23,19 +23,22 @@ from .registry import ATTACKS, check_budget, check_single
 
 
 def plan_attack(name, feats, pids, guide_feats=None, guide_pids=None, *, single=False,
-                cosine=False, generator=None):
+                cosine=False, generator=None, weighting="reference"):
     """Select the guides of attack ``name`` for every image of the attacked set, once per run.
 
     feats (N, D), pids (N,): the attacked set's clean features and identities (tensors or
     arrays); guide_feats (M, D), guide_pids (M,): the guide set when it is the *other* set
     (``--cross_attack``); leave them None to take guides from the attacked set itself.
     ``single``: one random pushing guide (FGSM / IFGSM / MIFGSM). ``cosine``: guides and loss
-    in L2-normalised feature space. ``generator``: a ``torch.Generator`` for the random
+    in L2-normalised feature space. ``weighting``: ``"reference"`` or ``"mean"`` (see
+    ``guides.py``). ``generator``: a ``torch.Generator`` for the random
     choices (None: the global RNG). Raises ReidError for an unknown name or a bad ``single``.
     """
     name = check_single(name, single)
+    if name not in ATTACKS:
+        raise ValueError(f"{name} is not a per-image attack: build its plan with universal_plan")
     return select_guides(name, ATTACKS[name], feats, pids, guide_feats, guide_pids,
-                         single=single, cosine=cosine, generator=generator)
+                         single=single, cosine=cosine, generator=generator, weighting=weighting)
 
 
 @contextmanager
@@ -135,10 +138,12 @@ def attack_batch(model, images, plan, batch_indices, *, eps=5.0, step=1.0, max_i
     if local.numel() == 0:
         return adv, feats
     rows, local = rows[local], local.to(device)
-    packed = plan.packed(rows).to(device)
     with attack_mode(model):
-        x_adv = _perturb(model, adv[local], packed, plan.spec.optimiser, eps, step, max_iter,
-                         plan.rand_start[rows], plan.cosine, generator)
+        if hasattr(plan, "apply"):  # a universal perturbation or noise: added, not optimised
+            x_adv = plan.apply(adv[local], rows)
+        else:
+            x_adv = _perturb(model, adv[local], plan.packed(rows).to(device), plan.spec.optimiser,
+                             eps, step, max_iter, plan.rand_start[rows], plan.cosine, generator)
         if return_features:
             with torch.no_grad():
                 feats[local] = model(x_adv).to(feats.dtype)

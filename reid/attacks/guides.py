@@ -10,13 +10,26 @@ identities. The result is an ``AttackPlan``:
   index   (N, K)  row of ``bank`` for each guide slot of each attacked-set image;
   weight  (N, K)  its weight; 0 = padding, so images with fewer guides need no filler.
 
-Weights (the same normalisation for every attack): the pushing guides of an image share a
-total weight of +1 (each of n guides gets 1/n, so the loss is the *mean* squared distance to
-them and an identity with many images does not dwarf the pulling term); a pulling guide gets
--1. FNA's loss is thus mean_push ||f - g||^2 - ||f - c||^2.
+Weights of the pushing guides (``weighting``; the same rule for every attack, and for GOAT):
+  ``"reference"`` (default) the weighting of the paper's reference code: every pushing guide
+                weighs 1, and when the guides come from the attacked set itself, the
+                image's own clean feature joins them with weight m - n, m the size of the
+                largest identity of the guide set and n the number of other images of the
+                image's identity (the reference stacks every image of the identity, the
+                image included, and pads the stack to m with the image's own feature). The
+                own-feature term has no gradient at the clean image, but from the first
+                step on it pushes like SMA, and it weighs most for identities with few
+                images; measured on the same model, it makes IFGSM / MIFGSM / FNA
+                stronger than ``"mean"`` (benchmarks/parity_reference.md).
+  ``"mean"``     the pushing guides share a total weight of +1 (each of n gets 1/n) and the
+                own feature is not a guide: the loss is the mean squared distance to the
+                other images (FNA: mean_push ||f - g||^2 - ||f - c||^2).
+A pulling guide weighs -1 in both. With ``single`` or guides from the other set
+(``--cross_attack``) the own feature is never a guide, as in the reference.
 
 Self exclusion: when the guide set is the attacked set (``guide_feats=None``), an image is
-never its own pushing guide. Images with pid <= 0 (0 = distractor, -1 = junk) are never
+never one of its own "other images"; its own feature enters only through the weighting rule
+above (or as the pushing guide of SMA and of the fallback). Images with pid <= 0 (0 = distractor, -1 = junk) are never
 attacked and never used as guides or in centroids.
 """
 
@@ -30,6 +43,7 @@ import torch.nn.functional as F
 from .loss import pack_bank_guides
 
 PUSH_RULES = ("others", "self")
+WEIGHTINGS = ("reference", "mean")
 PULL_RULES = ("opposite", "furthest_centroid", "random_centroid")
 
 
@@ -66,6 +80,10 @@ class AttackPlan:
     @property
     def device(self):
         return self.bank.device
+
+    def iterations(self, max_iter):
+        """Forward/backward passes per attacked image."""
+        return self.spec.iterations(max_iter)
 
     def guides(self, rows):
         """Guides (B, K, D) and weights (B, K) of the images at ``rows``."""
@@ -121,8 +139,10 @@ def _uniform_below(n, generator, device):
     return torch.minimum(r, (n - 1).clamp(min=0))
 
 
-def _push_others(cl, c, present, attacked, same, single, generator):
-    """Pushing guides = the other images of the same identity, as (index, weight, count)."""
+def _push_others(cl, c, present, attacked, same, single, generator, each):
+    """Pushing guides = the other images of the same identity, as (index, weight, count).
+
+    ``each``: every guide weighs 1 (the weights sum to n) instead of 1 / n."""
     n_rows = c.shape[0]
     device = c.device
     rows = torch.arange(n_rows, device=device)
@@ -140,7 +160,7 @@ def _push_others(cl, c, present, attacked, same, single, generator):
         k = torch.arange(int(n.max()) if n_rows else 0, device=device)
         slot = start.unsqueeze(1) + k
         valid = k < n.unsqueeze(1)
-        weight = valid.float() / n.clamp(min=1).unsqueeze(1).float()
+        weight = valid.float() if each else valid.float() / n.clamp(min=1).unsqueeze(1).float()
     if same:
         # Skip the image itself: slots at or after its own position move one further.
         self_pos = cl.pos[rows].unsqueeze(1)
@@ -190,13 +210,16 @@ def _as_pids(p, n, device, name):
 
 
 def select_guides(name, spec, feats, pids, guide_feats=None, guide_pids=None, *,
-                  single=False, cosine=False, generator=None, chunk=4096):
+                  single=False, cosine=False, generator=None, chunk=4096, weighting="reference"):
     """Build the ``AttackPlan`` of attack ``spec`` (see ``registry.ATTACKS``).
 
     ``guide_feats=None`` means the guide set *is* the attacked set (query attacks with query
     guides, gallery with gallery); otherwise it is the other set (``--cross_attack``).
-    ``generator`` drives the random choices (single guide, random centroid).
+    ``generator`` drives the random choices (single guide, random centroid). ``weighting``:
+    one of ``WEIGHTINGS`` (see the module docstring).
     """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting {weighting!r}: expected one of {WEIGHTINGS}")
     feats = _as_feats(feats, "feats")
     device = feats.device
     pids = _as_pids(pids, len(feats), device, "pids")
@@ -233,10 +256,14 @@ def select_guides(name, spec, feats, pids, guide_feats=None, guide_pids=None, *,
         weight.append(w)
 
     fallback = torch.zeros_like(attacked)
+    own = torch.zeros(n_rows, device=device)       # weight of the own feature as a pushing guide
     if spec.push == "others":
-        idx, w, n = _push_others(cl, c, present, attacked, same, single, generator)
+        each = weighting == "reference"
+        idx, w, n = _push_others(cl, c, present, attacked, same, single, generator, each)
         add(gf, idx, w)
         fallback = attacked & (n == 0)
+        if each and same and not single and len(cl):
+            own = torch.where(attacked & (n > 0), (cl.counts.max() - n).float(), own)
     if spec.pull == "opposite":
         add(-f, rows.unsqueeze(1), _pull_weight(attacked))
     elif spec.pull in ("furthest_centroid", "random_centroid"):
@@ -248,8 +275,9 @@ def select_guides(name, spec, feats, pids, guide_feats=None, guide_pids=None, *,
             # all, so it falls back to pushing from itself like the others.
             fallback = attacked & ~ok
     self_push = attacked if spec.push == "self" else fallback
-    if bool(self_push.any()):
-        add(f, rows.unsqueeze(1), self_push.float().unsqueeze(1))
+    own = own + self_push.float()
+    if bool((own > 0).any()):
+        add(f, rows.unsqueeze(1), own.unsqueeze(1))
 
     bank = torch.cat(bank) if bank else f.new_zeros(0, f.shape[1])
     if len(bank) == 0:              # keep index 0 valid for all-padding plans
