@@ -10,6 +10,7 @@ import datetime
 import json
 import os
 import platform
+from dataclasses import asdict
 
 import numpy as np
 import scipy.io
@@ -18,10 +19,12 @@ import torchvision
 from PIL import Image
 
 import reid
-from reid.attacks import ATTACK_NAMES, check_attack_args
+from reid.attacks import (ATTACK_NAMES, UAP_LOSSES, UNIVERSAL_ATTACKS, WEIGHTINGS, UapConfig, load_uap,
+                          save_uap, universal_plan)
+from reid.attacks import check_attack_args
 from reid.checkpoint import file_sha256, load_model
 from reid.data import DATASET_NAMES, build_transforms, eval_loader, load_dataset, read_image
-from reid.engine import Split, attack_split, metrics_table, split_metrics, summarize_runs
+from reid.engine import Split, attack_split, learn_universal, metrics_table, split_metrics, summarize_runs
 from reid.features import extract_features
 from reid.metrics import pairwise_distance
 from reid.utils import (MAX_SEED, ReidError, atomic_path, check_input_dir, check_number, check_writable_dir,
@@ -45,11 +48,15 @@ def parse_args(argv=None):
     p.add_argument("-e", "--embedding_size", type=int, help="expected triplet embedding size (checked)")
     p.add_argument("--cosine", action="store_true", help="L2-normalised features in the attack loss and ranking")
     p.add_argument("-a", "--attack", nargs="+", default=["clean"], metavar="NAME",
-                   help=f"one or several of {', '.join(ATTACK_NAMES)}, clean, or all (default clean)")
+                   help=f"one or several of {', '.join(ATTACK_NAMES + tuple(UNIVERSAL_ATTACKS))}, clean, "
+                        "or all (every per-image attack; default clean)")
     p.add_argument("--eps", type=float, default=5.0, help="L-inf budget in /255 (default 5)")
     p.add_argument("--step", type=float, default=1.0, help="step of iterative attacks in /255 (default 1)")
     p.add_argument("--max_iter", type=int, default=15, help="iterations of iterative attacks (default 15)")
     p.add_argument("--single", action="store_true", help="FGSM/IFGSM/MIFGSM: one random same-identity guide")
+    p.add_argument("--guide-weights", default="reference", choices=WEIGHTINGS,
+                   help="pushing-guide weights: reference (default: each 1, plus the own feature padded "
+                        "to the largest identity, as the paper's code) or mean (sharing a total of 1)")
     p.add_argument("--gallery", action="store_true", help="attack the gallery instead of the queries")
     p.add_argument("--cross_attack", action="store_true", help="take the guides from the other set")
     p.add_argument("-n", "--nb_repeat", type=int, default=1, help="runs per attack (new random guides / starts)")
@@ -65,6 +72,16 @@ def parse_args(argv=None):
     p.add_argument("--save-images", action="store_true", help="write the adversarial images as PNG")
     p.add_argument("--visualize", type=int, default=0, metavar="K",
                    help="ranking pictures for K queries and a perturbation grid per attack")
+    uap = p.add_argument_group("universal perturbations (-a UAP / noise; see reid/attacks/universal.py)")
+    uap.add_argument("--uap", metavar="FILE", help="evaluate this uap.pt instead of learning one")
+    uap.add_argument("--uap-loss", default="centroid", choices=UAP_LOSSES,
+                     help="objective when learning (default centroid, MetaAttack's)")
+    uap.add_argument("--uap-epochs", type=int, default=5, help="epochs over the source training split (default 5)")
+    uap.add_argument("--uap-step", type=float, help="first MI-SGD step in /255 (default eps / 10)")
+    uap.add_argument("--uap-source", metavar="DIR", help="learn on this dataset's training split (default: the evaluated one)")
+    uap.add_argument("--uap-source-kind", choices=DATASET_NAMES, help="its layout (default: --dataset)")
+    uap.add_argument("--meta-dataset", metavar="DIR", help="meta-learn with this (virtual) dataset's training split")
+    uap.add_argument("--meta-dataset-kind", choices=DATASET_NAMES, help="its layout (default: --dataset)")
     args = p.parse_args(argv)
     for flag, value in (("--eps", args.eps), ("--step", args.step)):
         check_number(flag, value)  # finite; their ranges are checked with the attacks
@@ -186,20 +203,83 @@ def chain(*hooks):
     return (lambda *a: [h(*a) for h in hooks]) if hooks else None
 
 
-def run_attack(args, name, model, loader, query, gallery, data, out, device, picked, transform, arrays):
-    """`-n` runs of one attack; returns its results.json entry."""
+def check_uap_flags(args):
+    """Universal-perturbation flags make sense only with -a UAP; their values are checked now."""
+    given = [flag for flag, value in (("--uap", args.uap), ("--uap-source", args.uap_source),
+                                      ("--meta-dataset", args.meta_dataset)) if value]
+    if "UAP" not in args.attack:
+        if given:
+            raise ReidError(f"{given[0]}: only used with -a UAP")
+        return
+    if args.uap and len(given) > 1:
+        raise ReidError(f"--uap and {given[1]}: a saved perturbation is evaluated as it is, not learned again")
+    uap_config(args)
+
+
+def uap_config(args):
+    """The UapConfig of the flags (checked before any heavy work)."""
+    return UapConfig(loss=args.uap_loss, eps=args.eps, epochs=args.uap_epochs, step=args.uap_step, seed=args.seed)
+
+
+def uap_picture(delta, eps, path):
+    """The delta amplified to the full range (grey = 0, black / white = -eps / +eps), 4x."""
+    img = ((delta / (eps / 255.0) + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    pic = Image.fromarray(img)
+    with atomic_path(path) as tmp:
+        pic.resize((pic.width * 4, pic.height * 4), Image.NEAREST).save(tmp, format="PNG")
+
+
+def obtain_uap(args, model, data, input_size, device, out, ckpt_path):
+    """The universal perturbation of this run: `--uap FILE` loaded, or learned and saved as
+    uap.pt / uap.png in `out`. Returns (delta, the results.json description)."""
+    if args.uap:
+        delta, record = load_uap(args.uap, input_size)
+        info = {"file": os.path.abspath(args.uap), "learned": False, "resized_from": record.get("resized_from"),
+                "file_eps": record["eps"], **{k: record.get(k) for k in ("source_checkpoint_sha256", "dataset",
+                                                                        "meta_dataset", "config")}}
+        if record["eps"] > args.eps + 1e-6:
+            raise ReidError(f"--uap {args.uap}: its budget {record['eps']:g}/255 exceeds --eps {args.eps:g}")
+        return delta, info
+    config = uap_config(args)
+    source = load_dataset(args.uap_source, args.uap_source_kind or args.dataset) if args.uap_source else data
+    meta = load_dataset(args.meta_dataset, args.meta_dataset_kind or args.dataset) if args.meta_dataset else None
+    print(f"learning a universal perturbation on {source.root} ({len(source.train)} training images, "
+          f"loss {config.loss}, eps {config.eps:g}/255, {config.epochs} epochs"
+          f"{', meta dataset ' + meta.root if meta else ''})")
+    delta, history, seconds = learn_universal(model, source, config, input_size, meta=meta,
+                                              batch_size=args.batch_size, workers=args.workers, device=device)
+    info = {"file": os.path.abspath(os.path.join(out, "uap.pt")), "learned": True, "resized_from": None,
+            "source_checkpoint_sha256": file_sha256(ckpt_path), "dataset": source.root,
+            "meta_dataset": meta.root if meta else None, "config": asdict(config), "history": history,
+            "learn_seconds": seconds}
+    save_uap(info["file"], delta, config, source_checkpoint_sha256=info["source_checkpoint_sha256"],
+             dataset=source.root, meta_dataset=info["meta_dataset"], seed=config.seed, epochs=config.epochs,
+             loss=config.loss)
+    uap_picture(delta, config.eps, os.path.join(out, "uap.png"))
+    return delta, info
+
+
+def run_attack(args, name, model, loader, query, gallery, data, out, device, picked, transform, arrays,
+               delta=None):
+    """`-n` runs of one attack; returns its results.json entry. `delta`: the UAP's."""
     target, other = (gallery, query) if args.gallery else (query, gallery)
     metric = "cosine" if args.cosine else "euclidean"
     runs, stats = [], []
-    for run in range(args.nb_repeat):
+    # A learned delta is the same in every run: one run; noise is redrawn per run.
+    for run in range(1 if name == "UAP" else args.nb_repeat):
         first = run == 0
         saver = ImageSaver(out, name, target, data, args.eps) if first and args.save_images else None
         pictures = (Pictures(out, name, query, gallery, picked, transform, query_attacked=not args.gallery)
                     if first and picked else None)
         generator = torch.Generator().manual_seed(args.seed * 1000003 + run)
-        adv_feats, st = attack_split(model, loader, target, name, guides=other if args.cross_attack else None,
+        attack = name
+        if name in UNIVERSAL_ATTACKS:
+            attack = universal_plan(name, target.feats, target.pids, delta if name == "UAP" else None, args.eps,
+                                    args.seed * 1000003 + run)
+        adv_feats, st = attack_split(model, loader, target, attack, guides=other if args.cross_attack else None,
                                      single=args.single, cosine=args.cosine, eps=args.eps, step=args.step,
                                      max_iter=args.max_iter, generator=generator, device=device,
+                                     weighting=args.guide_weights,
                                      on_batch=chain(saver, pictures))
         adv = {"gallery_feats" if args.gallery else "query_feats": adv_feats}
         runs.append(split_metrics(query, gallery, metric, **adv))
@@ -225,6 +305,7 @@ def default_out(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_uap_flags(args)
     out = args.out or default_out(args)
     check_writable_dir(out, "--out")  # now, not after extracting every feature
     device = resolve_device(args.device, args.gpu)
@@ -236,6 +317,11 @@ def main(argv=None):
     height, width = ckpt.get("input_size") or (256, 128)
     height, width = args.height or height, args.width or width
     metric = "cosine" if args.cosine else "euclidean"
+
+    delta = uap_info = None
+    if "UAP" in args.attack:  # loaded (and checked) or learned before the evaluation
+        os.makedirs(out, exist_ok=True)
+        delta, uap_info = obtain_uap(args, model, data, (height, width), device, out, ckpt_path)
 
     tf = build_transforms(height, width, train=False)
     loaders = {name: eval_loader(getattr(data, name), tf, args.batch_size, args.workers)
@@ -262,7 +348,9 @@ def main(argv=None):
         picked = rng.choice(len(query.pids), min(args.visualize, len(query.pids)), replace=False).tolist()
     loader = loaders["gallery" if args.gallery else "query"]
     for name in args.attack:
-        entry = run_attack(args, name, model, loader, query, gallery, data, out, device, picked, tf, arrays)
+        entry = run_attack(args, name, model, loader, query, gallery, data, out, device, picked, tf, arrays, delta)
+        if name == "UAP":
+            entry["uap"] = uap_info
         results["attacks"][name] = entry
         write_json(os.path.join(out, "results.json"), results)  # after each attack: nothing lost
         print(f"{name}: mAP {100 * entry['mean']['mAP']:.2f} ({entry['images_attacked']} images attacked, "

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reid.attacks import ATTACKS, attack_batch, plan_attack
-from reid.data import Sample
+from reid.attacks import UniversalGuides, attack_batch, learn_uap, plan_attack
+from reid.data import Sample, build_transforms, eval_loader, train_loader
 from reid.features import extract_features
 from reid.losses import batch_hard_triplet_loss
 from reid.metrics import evaluate_rank, pairwise_distance
@@ -137,16 +137,19 @@ def split_metrics(query, gallery, metric="euclidean", query_feats=None, gallery_
 
 
 def attack_split(model, loader, target, name, *, guides=None, single=False, cosine=False, eps=5.0,
-                 step=1.0, max_iter=15, generator=None, device="cpu", on_batch=None):
+                 step=1.0, max_iter=15, generator=None, device="cpu", on_batch=None, weighting="reference"):
     """Attack every image of the split `target` (a `Split`, `loader` yields its images in order).
 
-    Guides come from `target` itself, or from the `guides` split (`--cross_attack`).
-    `on_batch(clean, adv, indices)` sees each batch (to save images or pictures).
-    Returns the adversarial features (N, D) and run statistics.
+    `name` is an attack of the registry, or a ready plan (e.g. a universal perturbation's
+    `AdditivePlan`). Guides come from `target` itself, or from the `guides` split
+    (`--cross_attack`). `on_batch(clean, adv, indices)` sees each batch (to save images or
+    pictures). Returns the adversarial features (N, D) and run statistics.
     """
-    plan = plan_attack(name, target.feats, target.pids,
-                       None if guides is None else guides.feats, None if guides is None else guides.pids,
-                       single=single, cosine=cosine, generator=generator).to(device)
+    plan = name if not isinstance(name, str) else plan_attack(
+        name, target.feats, target.pids, None if guides is None else guides.feats,
+        None if guides is None else guides.pids, single=single, cosine=cosine, generator=generator,
+        weighting=weighting)
+    plan, name = plan.to(device), plan.name
     adv_feats = torch.empty_like(target.feats)
     largest = torch.zeros((), device=device)
     start = time.perf_counter()
@@ -162,7 +165,7 @@ def attack_split(model, loader, target, name, *, guides=None, single=False, cosi
         torch.cuda.synchronize(device)
     stats = {"max_perturbation": float(largest) * 255.0, "attack_seconds": time.perf_counter() - start,
              "images_attacked": plan.num_attacked, "fallback_images": plan.num_fallback,
-             "iterations": ATTACKS[plan.name].iterations(max_iter)}
+             "iterations": plan.iterations(max_iter)}
     return adv_feats, stats
 
 
@@ -171,3 +174,37 @@ def summarize_runs(runs):
     table = {k: np.array([r[k] for r in runs]) for k in METRIC_NAMES}
     return {stat: {k: float(fn(v)) for k, v in table.items()}
             for stat, fn in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max))}
+
+
+def universal_source(model, data, input_size, batch_size, workers, device, config):
+    """What learning a universal perturbation needs from one dataset's training split:
+    its guides (clean features, k-means centroids; computed once) and a training loader
+    (P x K batches for the ``batch`` loss, shuffled batches otherwise; augmented as in
+    training, in an order that depends only on ``config.seed``)."""
+    height, width = input_size
+    loader = eval_loader(data.train, build_transforms(height, width, train=False), batch_size, workers)
+    feats, labels, _ = extract_features(model, loader, device, f"{data.name} training features")
+    guides = UniversalGuides.build(feats, labels, config.max_clusters, config.seed)
+    batch = min(batch_size, len(data.train))
+    instances = None
+    if config.loss == "batch":
+        instances = 4
+        batch = max(instances, min(batch // instances, data.num_train_pids) * instances)
+    learn_loader = train_loader(data.train, build_transforms(height, width, train=True), batch, instances,
+                                workers, seed=config.seed)
+    return learn_loader, guides
+
+
+def learn_universal(model, source, config, input_size, *, meta=None, batch_size=64, workers=0,
+                    device="cpu", log=print):
+    """Learn a universal perturbation on ``source.train`` (first-order meta-learning with
+    ``meta.train`` if given). Returns (delta (3, H, W) on CPU, per-epoch history, seconds)."""
+    loader, guides = universal_source(model, source, input_size, batch_size, workers, device, config)
+    meta_loader = meta_guides = None
+    if meta is not None:
+        meta_loader, meta_guides = universal_source(model, meta, input_size, batch_size, workers, device, config)
+    start = time.perf_counter()
+    delta, history = learn_uap(model, loader, guides, config, input_size, meta_loader=meta_loader,
+                               meta_guides=meta_guides, device=device, log=log,
+                               progress=progress)
+    return delta, history, time.perf_counter() - start

@@ -16,12 +16,13 @@ advertorch attack classes from here.
 
 from ._compat import GradientSignAttack, LinfPGDAttack, MomentumIterativeAttack
 from .core import attack_batch, attack_mode, perturb, plan_attack
-from .guides import AttackPlan, select_guides
+from .guides import WEIGHTINGS, AttackPlan, select_guides
 from .loss import GuidedLoss, guided_loss, pack_bank_guides, pack_guides
 from .optimisers import OPTIMISERS
 from .registry import (
     ATTACK_NAMES,
     ATTACKS,
+    UNIVERSAL_ATTACKS,
     AttackSpec,
     canonical_name,
     check_attack_args,
@@ -30,11 +31,22 @@ from .registry import (
     get_attack_spec,
     resolve_attack_names,
 )
+from .universal import (
+    UAP_LOSSES,
+    AdditivePlan,
+    UapConfig,
+    UniversalGuides,
+    learn_uap,
+    load_uap,
+    save_uap,
+    universal_plan,
+)
 
 __all__ = [
     "ATTACK_NAMES", "ATTACKS", "AttackPlan", "AttackSpec", "GradientSignAttack", "GuidedLoss",
     "LinfPGDAttack", "MomentumIterativeAttack", "OPTIMISERS", "attack_batch", "attack_mode",
     "canonical_name", "check_attack_args", "check_budget", "check_single", "get_attack_spec",
     "guided_loss", "pack_bank_guides", "pack_guides", "perturb", "plan_attack",
-    "resolve_attack_names", "select_guides",
+    "resolve_attack_names", "select_guides", "WEIGHTINGS", "UNIVERSAL_ATTACKS", "UAP_LOSSES", "AdditivePlan",
+    "UapConfig", "UniversalGuides", "learn_uap", "load_uap", "save_uap", "universal_plan",
 ]

@@ -65,6 +65,13 @@ ATTACKS = {
 
 ATTACK_NAMES = tuple(ATTACKS)
 
+# Perturbations added to the images rather than optimised per image (``universal.py``):
+# named explicitly, never part of ``all`` (a UAP is learned on a training split first).
+UNIVERSAL_ATTACKS = {
+    "UAP": "universal adversarial perturbation: one delta learned on a training split (MI-SGD)",
+    "noise": "uniform random sign noise of the same budget (the baseline a UAP must beat)",
+}
+
 
 def _check_table():
     for name, spec in ATTACKS.items():
@@ -80,10 +87,11 @@ _check_table()
 
 def canonical_name(name):
     """The table's spelling of an attack name (case-insensitive), or ReidError listing them."""
-    for known in ATTACKS:
+    for known in (*ATTACKS, *UNIVERSAL_ATTACKS):
         if str(name).lower() == known.lower():
             return known
-    raise ReidError(f"unknown attack {name!r}; valid attacks: {', '.join(ATTACK_NAMES)} (or all)")
+    raise ReidError(f"unknown attack {name!r}; valid attacks: "
+                    f"{', '.join(ATTACK_NAMES + tuple(UNIVERSAL_ATTACKS))} (or all)")
 
 
 def get_attack_spec(name):
@@ -101,13 +109,14 @@ def resolve_attack_names(names):
         expanded = ATTACK_NAMES if str(name).lower() == "all" else [canonical_name(name)]
         out.extend(n for n in expanded if n not in out)
     if not out:
-        raise ReidError(f"no attack given; valid attacks: {', '.join(ATTACK_NAMES)} (or all)")
+        raise ReidError(f"no attack given; valid attacks: "
+                    f"{', '.join(ATTACK_NAMES + tuple(UNIVERSAL_ATTACKS))} (or all)")
     return out
 
 
 def check_single(name, single):
     name = canonical_name(name)
-    if single and not ATTACKS[name].single:
+    if single and not (name in ATTACKS and ATTACKS[name].single):
         with_single = ", ".join(n for n, s in ATTACKS.items() if s.single)
         raise ReidError(f"--single: attack {name} has no single-guide form "
                         f"(only {with_single} do)")
