@@ -70,7 +70,8 @@ class Objective:
 
 def train_epoch(model, loader, optimizer, objective, device, epoch, prepare_batch=None):
     """One epoch; `prepare_batch(model, images, labels, *companions)` may replace the batch
-    (GOAT), where `companions` are the loader's extra per-sample images, if any."""
+    (GOAT), where `companions` are the loader's extra per-sample images, if any: it returns
+    the new images, or (images, labels) when the batch changes size (``reid.defence``)."""
     model.train()
     total_loss, total_acc, n = 0.0, 0.0, 0
     bar = progress(loader, f"epoch {epoch}")
@@ -79,6 +80,8 @@ def train_epoch(model, loader, optimizer, objective, device, epoch, prepare_batc
         if prepare_batch is not None:
             companions = [c.to(device, non_blocking=True) for c in companions]
             images = prepare_batch(model, images, labels, *companions)
+            if isinstance(images, tuple):
+                images, labels = images
         loss, acc = objective(model, images, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
