@@ -5,6 +5,7 @@ Reference usage (the paper's README):
   python train.py DATA --dataset duke --lr 0.00035 -wd 5e-4 -n 60 -f model.th -b 32 --classif --pretrained
   python train.py DATA --dataset duke --lr 0.00035 -wd 5e-4 -n 60 -f goat.th -b 32 --classif --pretrained \
       --adv --push --pull        # GOAT (run sort_dataset.py DATA first)
+  python train.py DATA -f uap_def.th --classif --uap-adv online   # against universal perturbations
 """
 
 import argparse
@@ -17,6 +18,8 @@ import torch
 from reid.attacks import WEIGHTINGS
 from reid.checkpoint import load_model, rng_state, save_checkpoint, set_rng_state
 from reid.data import DATASET_NAMES, build_transforms, eval_loader, load_dataset, train_loader
+from reid.defence import (MetaObjective, UapDefence, check_defence_flags, defence_config, meta_batch_size,
+                          meta_seed, saved_settings)
 from reid.engine import Objective, append_jsonl, evaluate, format_metrics, lr_schedule, train_epoch
 from reid.goat import Goat, GuidePool, goat_config
 from reid.models import build_model, imagenet_weights_path
@@ -64,6 +67,15 @@ def parse_args(argv=None):
     goat.add_argument("--adv-step", type=float, default=1.0, help="PGD step in /255 (default 1)")
     goat.add_argument("--adv-guide-weights", default="reference", choices=WEIGHTINGS,
                       help="pushing-guide weights, as gen_adv.py's --guide-weights (default reference)")
+    uap = p.add_argument_group("defence against universal perturbations (see reid/defence.py)")
+    uap.add_argument("--uap-adv", metavar="FILE|online",
+                     help="append a perturbed random half to every batch: the delta of a uap.pt "
+                          "(gen_adv.py -a UAP), or 'online', learned along (one MI-SGD step per batch)")
+    uap.add_argument("--uap-eps", type=float, help="online delta's L-inf budget in /255 (default 8)")
+    uap.add_argument("--meta-dataset", metavar="DIR",
+                     help="meta-learning branch: triplet loss on this dataset's P x K batches after an inner step")
+    uap.add_argument("--meta-dataset-kind", choices=DATASET_NAMES, help="its layout (default: --dataset)")
+    uap.add_argument("--meta-lr", type=float, help="the inner SGD step's learning rate (default: --lr)")
     args = p.parse_args(argv)
     args.kind = args.kind or "classif"
     for flag, value, low in (("-n", args.n_epoch, 1), ("-b", args.batch_size, 1), ("--eval-every", args.eval_every, 1),
@@ -80,6 +92,13 @@ def parse_args(argv=None):
     if not os.path.basename(args.filename):
         raise ReidError(f"-f {args.filename!r}: expected a file name")
     check_input_dir(args.dataset_folder, "dataset folder")
+    check_defence_flags(args.uap_adv, args.adv, args.uap_eps, args.meta_dataset, args.meta_dataset_kind,
+                        args.meta_lr)
+    if args.meta_dataset is not None:
+        check_input_dir(args.meta_dataset, "--meta-dataset")
+        args.meta_dataset_kind = args.meta_dataset_kind or args.dataset
+        args.meta_lr = args.lr if args.meta_lr is None else args.meta_lr
+        meta_batch_size(args.batch_size, args.num_instances)
     args.goat = goat_config(args.adv, args.sma, args.push, args.pull, args.id_batch,
                             args.adv_eps, args.adv_iters, args.adv_step, args.adv_guide_weights)
     return args
@@ -105,6 +124,11 @@ def main(argv=None):
             raise ReidError(f"-f {args.filename}: {path} is a folder")
     if (args.pretrained or args.pretrained_path) and not args.resume:
         imagenet_weights_path(args.pretrained_path)  # missing or misplaced weights: say so before any work
+    defence = None
+    if args.uap_adv is not None:  # a bad uap.pt stops the run now
+        uap_config, delta = defence_config(args.uap_adv, (args.height, args.width), args.uap_eps, args.meta_dataset,
+                                           args.meta_dataset_kind, args.meta_lr)
+        defence = UapDefence(uap_config, delta, seed=args.seed)
 
     data = load_dataset(args.dataset_folder, args.dataset)
     print(data.summary())
@@ -115,6 +139,16 @@ def main(argv=None):
     goat_state = asdict(args.goat) if args.goat else None
     if args.goat:
         print(args.goat.describe())
+    meta = None
+    if defence is not None:
+        print(defence.config.describe())
+        if args.meta_dataset is not None:
+            meta = load_dataset(args.meta_dataset, args.meta_dataset_kind)
+            print(f"meta dataset: {meta.summary()}")
+            identities = meta_batch_size(args.batch_size, args.num_instances) // args.num_instances
+            if meta.num_train_pids < identities:
+                raise ReidError(f"--meta-dataset {args.meta_dataset}: {meta.num_train_pids} training identities, "
+                                f"fewer than the {identities} of a P x K meta batch (-b / -ni)")
     train_tf = build_transforms(args.height, args.width, train=True)
     test_tf = build_transforms(args.height, args.width, train=False)
     query_loader = eval_loader(data.query, test_tf, args.batch_size, args.workers)
@@ -134,6 +168,13 @@ def main(argv=None):
         if saved != goat_state:
             raise ReidError(f"--resume: {last_path} was trained with GOAT settings {saved}, "
                             f"the flags given ask for {goat_state}")
+        wanted = defence.config.settings() if defence else None
+        record = ckpt["uap_adv"] if "uap_adv" in ckpt else None if "goat" in ckpt else wanted  # "goat": ours
+        if saved_settings(record) != wanted:
+            raise ReidError(f"--resume: {last_path} was trained with --uap-adv settings {saved_settings(record)}, "
+                            f"the flags given ask for {wanted}")
+        if defence is not None and record is not None:
+            defence.load_state(record)
     else:
         model = build_model(args.kind, data.num_train_pids, args.embedding_size,
                             args.pretrained, args.pretrained_path)
@@ -158,15 +199,28 @@ def main(argv=None):
         print(f"note: {last_path} exists and will be overwritten (use --resume to continue it)")
 
     objective = Objective(args.kind, soft_margin=args.soft_margin)
-    prepare_batch = Goat(args.goat) if args.goat else None
+    prepare_batch = Goat(args.goat) if args.goat else defence
+    if meta is not None:
+        meta_batch = meta_batch_size(args.batch_size, args.num_instances)
+
+        def meta_batches(epoch, cycle):
+            return train_loader(meta.train, train_tf, meta_batch, args.num_instances, args.workers,
+                                seed=meta_seed(args.seed, epoch, cycle))
+
+        objective = MetaObjective(objective, defence, args.meta_lr, meta_batches)
     num_instances = args.num_instances if args.id_batch else None
     metrics = None
     for epoch in range(start_epoch, args.n_epoch):
         t0 = time.perf_counter()
         loader = train_loader(data.train, train_tf, args.batch_size, num_instances, args.workers,
                               seed=args.seed * 100003 + epoch, companions=pool)
+        hooks = [h for h in (defence, objective) if hasattr(h, "start_epoch")]
+        for hook in hooks:
+            hook.start_epoch(epoch)
         stats = train_epoch(model, loader, optimizer, objective, device, epoch,
                             prepare_batch=prepare_batch)
+        for hook in hooks:
+            stats.update(hook.epoch_stats())
         scheduler.step()
         record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats,
                   "train_seconds": time.perf_counter() - t0}
@@ -178,7 +232,8 @@ def main(argv=None):
             print(f"epoch {epoch}: loss {stats['loss']:.4f}")
         extra = {"scheduler": scheduler.state_dict(), "input_size": [args.height, args.width],
                  "args": {**vars(args), "goat": goat_state}, "dataset": data.name,
-                 "train_pids": data.train_pids, "goat": goat_state}
+                 "train_pids": data.train_pids, "goat": goat_state,
+                 "uap_adv": defence.state() if defence else None}
         current_map = metrics["mAP"] if metrics else -1.0
         if metrics and current_map > best_map:
             best_map = current_map
