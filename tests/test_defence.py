@@ -157,11 +157,12 @@ def test_meta_gradient_equals_the_explicit_inner_step():
     assert len(m_images) == 12
     meta_loss = batch_hard_triplet_loss(stepped(m_images), m_labels, soft_margin=True)
     g_meta = torch.autograd.grad(meta_loss, list(stepped.parameters()))
-    assert float(loss) == pytest.approx(float(src) + float(meta_loss), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(src.detach()) + float(meta_loss.detach()), rel=1e-5)
     for a, gs, gm in zip(got, g_src, g_meta):
         assert torch.allclose(a, gs + gm, atol=1e-6)
     stats = meta.epoch_stats()
-    assert stats["src_loss"] == pytest.approx(float(src)) and stats["meta_loss"] == pytest.approx(float(meta_loss))
+    assert stats["src_loss"] == pytest.approx(float(src.detach()))
+    assert stats["meta_loss"] == pytest.approx(float(meta_loss.detach()))
 
 
 def test_meta_batches_restart_within_an_epoch():
