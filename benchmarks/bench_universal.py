@@ -9,7 +9,9 @@ and with a meta batch, and reports
 
 with passes = 1 (plain) or 2 (meta: the source batch at delta and the meta batch at the
 look-ahead delta'). 1.0 = learning costs nothing beyond its gradient passes; the target is
->= 0.85. Images are served from memory so that data loading does not blur the figure.
+>= 0.85. Then a training epoch over the same batches, clean and with the online defence
+(train.py --uap-adv online), as a ratio (target <= 2). Images are served from memory so
+that data loading does not blur the figures.
 
     python benchmarks/bench_universal.py --threads 1 --out benchmarks/bench_universal.json
 """
@@ -25,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench_attacks import forward_backward_seconds, machine_info, start, sync, write_report  # noqa: E402
 from reid.attacks import UapConfig, UniversalGuides, learn_uap  # noqa: E402
+from reid.defence import UapDefence, UapDefenceConfig  # noqa: E402
+from reid.engine import Objective, train_epoch  # noqa: E402
 from reid.models import ReidNet  # noqa: E402
 
 
@@ -67,8 +71,32 @@ def main():
             eff = args.steps * passes * unit / seconds
             results["runs"].append({"loss": loss, "meta": meta, "seconds": seconds, "efficiency": eff})
             print(f"{loss:<9} meta={meta!s:<5} {seconds:7.2f} s  efficiency {eff:.3f}", flush=True)
+    results["defence"] = defence_epochs(model, batches, device)
     if args.out:
         write_report(results, args.out)
+
+
+def defence_epochs(model, batches, device):
+    """Seconds of a training epoch over `batches`: clean, and with the online UAP defence
+    (train.py --uap-adv online: one MI-SGD step of the delta per batch, a perturbed half
+    appended). The target is online <= 2 x clean."""
+    times = {}
+    for mode in ("clean", "online", "clean", "online"):   # interleaved: both see the same load
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+        defence = None
+        if mode == "online":
+            config = UapDefenceConfig(mode="online", eps=8.0)
+            defence = UapDefence(config, torch.zeros(3, *batches[0][0].shape[-2:], device=device))
+        sync(device)
+        t = time.perf_counter()
+        train_epoch(model, batches, optimizer, Objective("classif"), device, 0, prepare_batch=defence)
+        sync(device)
+        times.setdefault(mode, []).append(time.perf_counter() - t)
+    clean, online = min(times["clean"]), min(times["online"])
+    print(f"training epoch: clean {clean:.2f} s, online defence {online:.2f} s, ratio {online / clean:.2f} "
+          f"(target <= 2)", flush=True)
+    return {"clean_seconds": clean, "online_seconds": online, "ratio": online / clean}
 
 
 if __name__ == "__main__":
