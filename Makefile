@@ -27,8 +27,10 @@ $(DEMO_DATA)/query: | $(STAMP)
 demo: $(STAMP) $(DEMO_DATA)/query
 	$(PYTHON) train.py $(DEMO_DATA) --classif -n $(DEMO_EPOCHS) -b 32 -f demo.th $(DEMO_SIZE) \
 		--workers 2 --device cpu --checkpoint-dir $(DEMO_CKPT_DIR)
-	$(PYTHON) gen_adv.py $(DEMO_CKPT_DIR) $(DEMO_DATA) demo.th --classif -a all --eps 5 --max_iter 5 \
+	$(PYTHON) gen_adv.py $(DEMO_CKPT_DIR) $(DEMO_DATA) demo.th --classif -a all --eps 2 --step 0.5 --max_iter 10 \
 		--workers 2 --device cpu --out attacks/demo --visualize 2
+	$(PYTHON) gen_adv.py $(DEMO_CKPT_DIR) $(DEMO_DATA) demo.th --classif -a UAP noise --eps 8 --uap-epochs 3 \
+		--workers 2 --device cpu --out attacks/demo-uap
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -q tests
@@ -45,4 +47,4 @@ goat-evidence: $(STAMP) $(DEMO_DATA)/query
 	$(PYTHON) benchmarks/goat_synthetic.py --dataset $(DEMO_DATA) --epochs $(GOAT_EPOCHS)
 
 clean-demo:
-	rm -rf $(DEMO_DATA) attacks/demo $(DEMO_CKPT_DIR)/demo*
+	rm -rf $(DEMO_DATA) attacks/demo attacks/demo-uap $(DEMO_CKPT_DIR)/demo*
