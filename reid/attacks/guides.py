@@ -47,8 +47,28 @@ WEIGHTINGS = ("reference", "mean")
 PULL_RULES = ("opposite", "furthest_centroid", "random_centroid")
 
 
+class PlanBase:
+    """What every plan of the attacked set shares (``AttackPlan`` here, the universal
+    ``AdditivePlan``): ``attacked`` (N,) bool and ``feats`` (N, D) tensor fields."""
+
+    def __len__(self):
+        return len(self.attacked)
+
+    @property
+    def num_attacked(self):
+        return int(self.attacked.sum())
+
+    @property
+    def device(self):
+        return self.feats.device
+
+    def to(self, device):
+        """A copy with every tensor on ``device`` (do it once, before the batches)."""
+        return tensors_to(self, device)
+
+
 @dataclass(frozen=True)
-class AttackPlan:
+class AttackPlan(PlanBase):
     """Everything an attack run needs besides the images; see the module docstring.
 
     ``attacked`` (N,) bool: images the attack perturbs (pid > 0). ``rand_start`` (N,) bool:
@@ -70,17 +90,6 @@ class AttackPlan:
     single: bool
     num_fallback: int
 
-    def __len__(self):
-        return self.index.shape[0]
-
-    @property
-    def num_attacked(self):
-        return int(self.attacked.sum())
-
-    @property
-    def device(self):
-        return self.bank.device
-
     def iterations(self, max_iter):
         """Forward/backward passes per attacked image."""
         return self.spec.iterations(max_iter)
@@ -95,11 +104,12 @@ class AttackPlan:
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.device)
         return pack_bank_guides(self.bank, self.index[rows], self.weight[rows], self.bank_sqnorm)
 
-    def to(self, device):
-        """A copy with every tensor on ``device`` (do it once, before the batches)."""
-        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
-                 if isinstance(getattr(self, f.name), torch.Tensor)}
-        return replace(self, **moved)
+
+def tensors_to(record, device):
+    """A copy of the frozen dataclass ``record`` with every tensor field on ``device``."""
+    moved = {f.name: getattr(record, f.name).to(device) for f in fields(record)
+             if isinstance(getattr(record, f.name), torch.Tensor)}
+    return replace(record, **moved)
 
 
 class _Clusters:

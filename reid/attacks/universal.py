@@ -38,7 +38,7 @@ as the baseline), and ``reid.engine.attack_split`` runs it like any other attack
 """
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from ..utils import ReidError, atomic_path, load_torch_file
 from .core import attack_mode
+from .guides import PlanBase, tensors_to
 from .loss import GuidedLoss, pack_bank_guides
 
 UAP_LOSSES = ("centroid", "batch", "guided")
@@ -145,7 +146,7 @@ class UniversalGuides:
         return cls(feats, torch.as_tensor(pids, device=feats.device).long(), centroids, pos, neg)
 
     def to(self, device):
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return tensors_to(self, device)
 
 
 def hinge(f, positive, negative, margin):
@@ -254,7 +255,7 @@ def learn_uap(model, loader, guides, config, input_size, *, meta_loader=None, me
 
 
 @dataclass(frozen=True)
-class AdditivePlan:
+class AdditivePlan(PlanBase):
     """A perturbation added to each attacked image without optimisation: a universal delta
     (``delta`` set) or uniform random sign noise of the budget (``delta`` None, drawn per
     image from (seed, image index) so results do not depend on batches).
@@ -270,24 +271,8 @@ class AdditivePlan:
     seed: int = 0
     num_fallback: int = 0
 
-    def __len__(self):
-        return len(self.attacked)
-
-    @property
-    def num_attacked(self):
-        return int(self.attacked.sum())
-
-    @property
-    def device(self):
-        return self.feats.device
-
     def iterations(self, max_iter):
         return 0
-
-    def to(self, device):
-        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
-                 if isinstance(getattr(self, f.name), torch.Tensor)}
-        return replace(self, **moved)
 
     def apply(self, images, rows):
         """The perturbed version of ``images`` (B, 3, H, W), the attacked set's rows ``rows``."""
