@@ -182,8 +182,10 @@ def summarize_runs(runs):
 def universal_source(model, data, input_size, batch_size, workers, device, config):
     """What learning a universal perturbation needs from one dataset's training split:
     its guides (clean features, k-means centroids; computed once) and a training loader
-    (P x K batches for the ``batch`` loss, shuffled batches otherwise; augmented as in
-    training, in an order that depends only on ``config.seed``)."""
+    (P x K batches for the ``batch`` loss, shuffled batches otherwise, in an order that
+    depends only on ``config.seed``). Images are not augmented, as in MetaAttack's code:
+    the delta meets the queries as they are, and learning on flipped / shifted images
+    measured weaker (benchmarks/RESULTS.md)."""
     height, width = input_size
     loader = eval_loader(data.train, build_transforms(height, width, train=False), batch_size, workers)
     feats, labels, _ = extract_features(model, loader, device, f"{data.name} training features")
@@ -193,7 +195,7 @@ def universal_source(model, data, input_size, batch_size, workers, device, confi
     if config.loss == "batch":
         instances = 4
         batch = max(instances, min(batch // instances, data.num_train_pids) * instances)
-    learn_loader = train_loader(data.train, build_transforms(height, width, train=True), batch, instances,
+    learn_loader = train_loader(data.train, build_transforms(height, width, train=False), batch, instances,
                                 workers, seed=config.seed)
     return learn_loader, guides
 
