@@ -65,9 +65,12 @@ def main():
     ckpts = os.path.join(work, "ckpt")
 
     def train(name, dataset, seed, *extra):
-        if not os.path.isfile(os.path.join(ckpts, f"{name}-last.th")):
+        done = os.path.join(ckpts, f"{name}.done")
+        if not os.path.isfile(done):  # an interrupted training is continued (--resume is exact)
+            resume = ["--resume"] if os.path.isfile(os.path.join(ckpts, f"{name}-last.th")) else []
             sh(["train.py", dataset, "--classif", "-n", args.epochs, "-b", 32, "-f", f"{name}.th", *SIZE,
-                "--seed", seed, "--checkpoint-dir", ckpts, *common, *extra], log)
+                "--seed", seed, "--checkpoint-dir", ckpts, *common, *extra, *resume], log)
+            open(done, "w").close()
         return f"{name}-last.th"
 
     def evaluate(tag, ckpt, dataset, *extra):
