@@ -51,21 +51,22 @@ def main():
     if os.path.isfile(args.out):  # resume: rows already measured are kept
         with open(args.out) as f:
             done = {(r["eps"], r["attack"], r["options"]): r for r in json.load(f)}
-    for eps in args.eps:
-        jobs = [(a, (), (0,)) for a in ("FGSM", "IFGSM", "MIFGSM", "FNA", "FNA_pull", "FNA_rand", "ODFA")]
-        jobs += [("IFGSM", ("--single",), (0,)), ("SMA", (), (0, 1, 2))]
-        jobs += [(a, ("--guide-weights", "mean"), (0,)) for a in WEIGHTED]
-        for attack, extra, seeds in jobs:
-            key = (eps, attack, " ".join(extra))
-            if key in done:
-                rows.append(done[key])
-                continue
-            maps, clean = run(args, attack, eps, extra, seeds)
-            row = {"eps": eps, "attack": attack, "options": " ".join(extra), "mAP": maps, "clean": clean}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            with open(args.out, "w") as f:
-                json.dump(rows, f, indent=1)
+    jobs = [(eps, a, (), (0,)) for eps in args.eps
+            for a in ("FGSM", "IFGSM", "MIFGSM", "FNA", "FNA_pull", "FNA_rand", "ODFA")]
+    jobs += [(eps, *job) for eps in args.eps for job in (("IFGSM", ("--single",), (0,)), ("SMA", (), (0, 1, 2)))]
+    jobs += [(eps, a, ("--guide-weights", "mean"), (0,)) for eps in args.eps for a in WEIGHTED]
+    # the defaults at every budget first, then the "before" rows
+    for eps, attack, extra, seeds in jobs:
+        key = (eps, attack, " ".join(extra))
+        if key in done:
+            rows.append(done[key])
+            continue
+        maps, clean = run(args, attack, eps, extra, seeds)
+        row = {"eps": eps, "attack": attack, "options": " ".join(extra), "mAP": maps, "clean": clean}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=1)
 
 
 if __name__ == "__main__":
