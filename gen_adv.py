@@ -229,7 +229,7 @@ def uap_picture(delta, eps, path):
         pic.resize((pic.width * 4, pic.height * 4), Image.NEAREST).save(tmp, format="PNG")
 
 
-def obtain_uap(args, model, data, input_size, device, out, ckpt_path):
+def obtain_uap(args, model, data, input_size, device, out, ckpt_sha256):
     """The universal perturbation of this run: `--uap FILE` loaded, or learned and saved as
     uap.pt / uap.png in `out`. Returns (delta, the results.json description)."""
     if args.uap:
@@ -249,12 +249,11 @@ def obtain_uap(args, model, data, input_size, device, out, ckpt_path):
     delta, history, seconds = learn_universal(model, source, config, input_size, meta=meta,
                                               batch_size=args.batch_size, workers=args.workers, device=device)
     info = {"file": os.path.abspath(os.path.join(out, "uap.pt")), "learned": True, "resized_from": None,
-            "source_checkpoint_sha256": file_sha256(ckpt_path), "dataset": source.root,
+            "source_checkpoint_sha256": ckpt_sha256, "dataset": source.root,
             "meta_dataset": meta.root if meta else None, "config": asdict(config), "history": history,
             "learn_seconds": seconds}
-    save_uap(info["file"], delta, config, source_checkpoint_sha256=info["source_checkpoint_sha256"],
-             dataset=source.root, meta_dataset=info["meta_dataset"], seed=config.seed, epochs=config.epochs,
-             loss=config.loss)
+    save_uap(info["file"], delta, config, source_checkpoint_sha256=ckpt_sha256, dataset=source.root,
+             meta_dataset=info["meta_dataset"])
     uap_picture(delta, config.eps, os.path.join(out, "uap.png"))
     return delta, info
 
@@ -312,6 +311,7 @@ def main(argv=None):
     seed_everything(args.seed)
     ckpt_path = os.path.join(args.checkpoints_folder, args.filename)
     model, ckpt = load_model(ckpt_path, args.kind, args.embedding_size)
+    ckpt_sha256 = file_sha256(ckpt_path)
     model.to(device).eval()
     data = load_dataset(args.dataset_folder, args.dataset)
     height, width = ckpt.get("input_size") or (256, 128)
@@ -321,7 +321,7 @@ def main(argv=None):
     delta = uap_info = None
     if "UAP" in args.attack:  # loaded (and checked) or learned before the evaluation
         os.makedirs(out, exist_ok=True)
-        delta, uap_info = obtain_uap(args, model, data, (height, width), device, out, ckpt_path)
+        delta, uap_info = obtain_uap(args, model, data, (height, width), device, out, ckpt_sha256)
 
     tf = build_transforms(height, width, train=False)
     loaders = {name: eval_loader(getattr(data, name), tf, args.batch_size, args.workers)
@@ -334,7 +334,7 @@ def main(argv=None):
     clean = split_metrics(query, gallery, metric)
 
     os.makedirs(out, exist_ok=True)
-    config = {**vars(args), "checkpoint": ckpt_path, "checkpoint_sha256": file_sha256(ckpt_path),
+    config = {**vars(args), "checkpoint": ckpt_path, "checkpoint_sha256": ckpt_sha256,
               "checkpoint_epoch": ckpt.get("epoch"), "model": model.config(), "input_size": [height, width],
               "dataset_root": data.root, "metric": metric, "device": str(device), "versions": versions()}
     results = {"config": config, "clean": clean, "attacks": {}}

@@ -186,8 +186,8 @@ def universal_source(model, data, input_size, batch_size, workers, device, confi
     depends only on ``config.seed``). Images are not augmented, as in MetaAttack's code:
     the delta meets the queries as they are, and learning on flipped / shifted images
     measured weaker (benchmarks/RESULTS.md)."""
-    height, width = input_size
-    loader = eval_loader(data.train, build_transforms(height, width, train=False), batch_size, workers)
+    transform = build_transforms(*input_size, train=False)
+    loader = eval_loader(data.train, transform, batch_size, workers)
     feats, labels, _ = extract_features(model, loader, device, f"{data.name} training features")
     guides = UniversalGuides.build(feats, labels, config.max_clusters, config.seed)
     batch = min(batch_size, len(data.train))
@@ -195,8 +195,7 @@ def universal_source(model, data, input_size, batch_size, workers, device, confi
     if config.loss == "batch":
         instances = 4
         batch = max(instances, min(batch // instances, data.num_train_pids) * instances)
-    learn_loader = train_loader(data.train, build_transforms(height, width, train=False), batch, instances,
-                                workers, seed=config.seed)
+    learn_loader = train_loader(data.train, transform, batch, instances, workers, seed=config.seed)
     return learn_loader, guides
 
 
