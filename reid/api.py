@@ -1,0 +1,384 @@
+"""Evaluate any re-ID model clean and under attack: the one evaluation path of the toolkit.
+
+`evaluate_robustness(model, dataset_folder, attacks=[...], ...)` takes any `torch.nn.Module`
+that maps images in [0, 1] of shape (B, 3, H, W) to features (B, D) (normalising inside),
+extracts the clean query / gallery features once, runs every requested attack through
+`reid.engine.attack_split`, writes results.json (and, on request, features, adversarial
+images and pictures) into `out`, and returns the results.json dict. `gen_adv.py` is the
+command-line layer over `run_evaluation`: it loads a checkpoint and passes its options.
+"""
+
+import datetime
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass, field, fields
+from typing import List, Optional
+
+import numpy as np
+import scipy.io
+import torch
+import torchvision
+from PIL import Image
+
+import reid
+from reid.attacks import (UNIVERSAL_ATTACKS, UapConfig, check_attack_args, load_uap, save_uap,
+                          universal_plan)
+from reid.data import build_transforms, eval_loader, load_dataset, read_image
+from reid.engine import Split, attack_split, learn_universal, metrics_table, split_metrics, summarize_runs
+from reid.features import extract_features
+from reid.metrics import pairwise_distance
+from reid.utils import (MAX_SEED, ReidError, atomic_path, check_input_dir, check_number, check_writable_dir,
+                        link_or_copy, resolve_device, seed_everything)
+from reid.viz import perturbation_figure, ranking_figure
+
+DATASET_FOLDERS = {"query": "query", "gallery": "bounding_box_test", "train": "bounding_box_train"}
+
+
+@dataclass
+class Options:
+    """Every evaluation option, named as gen_adv.py's flags (``attack`` = ``-a``,
+    ``nb_repeat`` = ``-n``, ``batch_size`` = ``-b``); the defaults are the CLI's."""
+
+    attack: List[str] = field(default_factory=list)  # attack names; [] = clean only
+    dataset: str = "market"
+    cosine: bool = False
+    eps: float = 5.0
+    step: float = 1.0
+    max_iter: int = 15
+    single: bool = False
+    guide_weights: str = "reference"
+    gallery: bool = False
+    cross_attack: bool = False
+    nb_repeat: int = 1
+    batch_size: int = 64
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 4
+    out: Optional[str] = None
+    save_features: bool = False
+    save_images: bool = False
+    visualize: int = 0
+    uap: Optional[str] = None
+    uap_loss: str = "centroid"
+    uap_epochs: int = 5
+    uap_step: Optional[float] = None
+    uap_source: Optional[str] = None
+    uap_source_kind: Optional[str] = None
+    meta_dataset: Optional[str] = None
+    meta_dataset_kind: Optional[str] = None
+
+    @classmethod
+    def from_namespace(cls, namespace):
+        """The options of an argparse namespace (its other entries are ignored)."""
+        return cls(**{f.name: getattr(namespace, f.name) for f in fields(cls) if hasattr(namespace, f.name)})
+
+
+OPTION_NAMES = tuple(f.name for f in fields(Options))
+
+
+def check_options(opts):
+    """Validate every option before any heavy work; names the CLI flag in the one-line error.
+    Returns the options with the attack names canonical."""
+    for flag, value in (("--eps", opts.eps), ("--step", opts.step)):
+        check_number(flag, value)  # finite; their ranges are checked with the attacks
+    names = [n for a in opts.attack for n in str(a).split(",") if n.strip() and n.strip().lower() != "clean"]
+    opts.attack = check_attack_args(names, opts.single, opts.eps, opts.step, opts.max_iter) if names else []
+    for flag, value, low in (("-n", opts.nb_repeat, 1), ("-b", opts.batch_size, 1), ("--workers", opts.workers, 0),
+                             ("--visualize", opts.visualize, 0)):
+        check_number(flag, value, low)
+    check_number("--seed", opts.seed, 0, MAX_SEED)
+    check_uap_flags(opts)
+    return opts
+
+
+def versions():
+    return {"reid": reid.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def write_json(path, obj):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+
+
+def write_features(out, arrays):
+    """features.npz for Python and features.mat (scipy.io) for MATLAB users."""
+    with atomic_path(os.path.join(out, "features.npz")) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    with atomic_path(os.path.join(out, "features.mat")) as tmp:
+        scipy.io.savemat(tmp, arrays, do_compression=True)
+
+
+class ImageSaver:
+    """Adversarial images as PNG under images/<attack>/, a dataset in the input's layout.
+
+    The pixels are the clean image at the model's input size, quantised to 8 bits,
+    plus the perturbation rounded to whole /255 steps and clipped to the budget, so
+    the saved file keeps |adv - clean| <= eps in the 8-bit values a later reader sees.
+    The splits that were not attacked are linked from the dataset, so the folder
+    loads with `--dataset market` as it is.
+    """
+
+    def __init__(self, out, attack, split, data, eps):
+        self.root = os.path.join(out, "images", attack)
+        self.folder = os.path.join(self.root, DATASET_FOLDERS[split.name])
+        self.samples, self.budget = split.samples, int(np.floor(eps + 1e-6))
+        os.makedirs(self.folder, exist_ok=True)
+        for other, folder in DATASET_FOLDERS.items():
+            if other != split.name and data.name in ("market", "duke"):
+                self._link_originals(data.root, folder)
+
+    def _link_originals(self, dataset_root, folder):
+        dst = os.path.join(self.root, folder)
+        os.makedirs(dst, exist_ok=True)
+        for fname in os.listdir(os.path.join(dataset_root, folder)):
+            if not os.path.lexists(os.path.join(dst, fname)):
+                link_or_copy(os.path.join(dataset_root, folder, fname), os.path.join(dst, fname))
+
+    def __call__(self, clean, adv, indices):
+        base = (clean * 255).round().short()
+        delta = ((adv - clean) * 255).round().clamp(-self.budget, self.budget).short()
+        pixels = (base + delta).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        for img, i in zip(pixels, indices.tolist()):
+            stem = os.path.splitext(os.path.basename(self.samples[i].path))[0]
+            Image.fromarray(img).save(os.path.join(self.folder, stem + ".png"))
+
+
+class Pictures:
+    """`--visualize K`: what a researcher looks at after an attack.
+
+    A perturbation grid (clean / adversarial / amplified perturbation) of the first
+    attacked images, and for K queries their top-10 gallery before and after the
+    attack. For query attacks the attacked query is shown; for gallery attacks the
+    ranking is the attacked one but the thumbnails are the clean gallery images.
+    """
+
+    def __init__(self, out, attack, query, gallery, picked, transform, query_attacked, grid_size=8):
+        self.out, self.attack, self.query, self.gallery = out, attack, query, gallery
+        self.picked, self.transform, self.grid_size = set(picked), transform, grid_size
+        self.query_attacked = query_attacked
+        self.clean, self.adv, self.adv_queries = [], [], {}
+
+    def __call__(self, clean, adv, indices):
+        """`attack_split`'s per-batch hook: keep what the pictures need."""
+        have = sum(len(c) for c in self.clean)
+        if have < self.grid_size:
+            self.clean.append(clean[: self.grid_size - have].cpu())
+            self.adv.append(adv[: self.grid_size - have].cpu())
+        for j, i in enumerate(indices.tolist() if self.query_attacked else []):
+            if i in self.picked:
+                self.adv_queries[i] = adv[j].cpu()
+
+    def _load(self, samples):
+        return torch.stack([self.transform(read_image(s.path)) for s in samples])
+
+    def write(self, clean_dist, adv_dist):
+        perturbation_figure(torch.cat(self.clean), torch.cat(self.adv),
+                            os.path.join(self.out, f"perturbation_{self.attack}.png"))
+        os.makedirs(os.path.join(self.out, "rankings"), exist_ok=True)
+        for q in sorted(self.picked):
+            rows = []
+            for label, dist in (("clean", clean_dist), (self.attack, adv_dist)):
+                top = torch.argsort(dist[q])[:10].tolist()
+                rows.append((label, self._load([self.gallery.samples[i] for i in top]),
+                             [self.gallery.pids[i] == self.query.pids[q] for i in top]))
+            clean_query = self._load([self.query.samples[q]])[0]
+            adv_query = self.adv_queries.get(q, clean_query)
+            name = os.path.splitext(os.path.basename(self.query.samples[q].path))[0]
+            ranking_figure([clean_query, adv_query], rows,
+                           os.path.join(self.out, "rankings", f"{self.attack}_{name}.png"))
+
+
+def chain(*hooks):
+    """One per-batch hook calling each of `hooks` that is not None."""
+    hooks = [h for h in hooks if h is not None]
+    return (lambda *a: [h(*a) for h in hooks]) if hooks else None
+
+
+def check_uap_flags(opts):
+    """Universal-perturbation options make sense only with -a UAP; their values are checked now."""
+    given = [flag for flag, value in (("--uap", opts.uap), ("--uap-source", opts.uap_source),
+                                      ("--meta-dataset", opts.meta_dataset)) if value]
+    if "UAP" not in opts.attack:
+        if given:
+            raise ReidError(f"{given[0]}: only used with -a UAP")
+        return
+    if opts.uap and len(given) > 1:
+        raise ReidError(f"--uap and {given[1]}: a saved perturbation is evaluated as it is, not learned again")
+    uap_config(opts)
+
+
+def uap_config(opts):
+    """The UapConfig of the options (checked before any heavy work)."""
+    return UapConfig(loss=opts.uap_loss, eps=opts.eps, epochs=opts.uap_epochs, step=opts.uap_step, seed=opts.seed)
+
+
+def uap_picture(delta, eps, path):
+    """The delta amplified to the full range (grey = 0, black / white = -eps / +eps), 4x."""
+    img = ((delta / (eps / 255.0) + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    pic = Image.fromarray(img)
+    with atomic_path(path) as tmp:
+        pic.resize((pic.width * 4, pic.height * 4), Image.NEAREST).save(tmp, format="PNG")
+
+
+def obtain_uap(opts, model, data, input_size, device, out, model_sha256):
+    """The universal perturbation of this run: `--uap FILE` loaded, or learned and saved as
+    uap.pt / uap.png in `out`. Returns (delta, the results.json description)."""
+    if opts.uap:
+        delta, record = load_uap(opts.uap, input_size)
+        info = {"file": os.path.abspath(opts.uap), "learned": False, "resized_from": record.get("resized_from"),
+                "file_eps": record["eps"], **{k: record.get(k) for k in ("source_checkpoint_sha256", "dataset",
+                                                                        "meta_dataset", "config")}}
+        if record["eps"] > opts.eps + 1e-6:
+            raise ReidError(f"--uap {opts.uap}: its budget {record['eps']:g}/255 exceeds --eps {opts.eps:g}")
+        return delta, info
+    config = uap_config(opts)
+    source = load_dataset(opts.uap_source, opts.uap_source_kind or opts.dataset) if opts.uap_source else data
+    meta = load_dataset(opts.meta_dataset, opts.meta_dataset_kind or opts.dataset) if opts.meta_dataset else None
+    print(f"learning a universal perturbation on {source.root} ({len(source.train)} training images, "
+          f"loss {config.loss}, eps {config.eps:g}/255, {config.epochs} epochs"
+          f"{', meta dataset ' + meta.root if meta else ''})")
+    delta, history, seconds = learn_universal(model, source, config, input_size, meta=meta,
+                                              batch_size=opts.batch_size, workers=opts.workers, device=device)
+    info = {"file": os.path.abspath(os.path.join(out, "uap.pt")), "learned": True, "resized_from": None,
+            "source_checkpoint_sha256": model_sha256, "dataset": source.root,
+            "meta_dataset": meta.root if meta else None, "config": asdict(config), "history": history,
+            "learn_seconds": seconds}
+    save_uap(info["file"], delta, config, source_checkpoint_sha256=model_sha256, dataset=source.root,
+             meta_dataset=info["meta_dataset"])
+    uap_picture(delta, config.eps, os.path.join(out, "uap.png"))
+    return delta, info
+
+
+def run_attack(opts, name, model, loader, query, gallery, data, out, device, picked, transform, arrays,
+               delta=None):
+    """`-n` runs of one attack; returns its results.json entry. `delta`: the UAP's."""
+    target, other = (gallery, query) if opts.gallery else (query, gallery)
+    metric = "cosine" if opts.cosine else "euclidean"
+    runs, stats = [], []
+    # A learned delta is the same in every run: one run; noise is redrawn per run.
+    for run in range(1 if name == "UAP" else opts.nb_repeat):
+        first = run == 0
+        saver = ImageSaver(out, name, target, data, opts.eps) if first and opts.save_images else None
+        pictures = (Pictures(out, name, query, gallery, picked, transform, query_attacked=not opts.gallery)
+                    if first and picked else None)
+        generator = torch.Generator().manual_seed(opts.seed * 1000003 + run)
+        attack = name
+        if name in UNIVERSAL_ATTACKS:
+            attack = universal_plan(name, target.feats, target.pids, delta if name == "UAP" else None, opts.eps,
+                                    opts.seed * 1000003 + run)
+        adv_feats, st = attack_split(model, loader, target, attack, guides=other if opts.cross_attack else None,
+                                     single=opts.single, cosine=opts.cosine, eps=opts.eps, step=opts.step,
+                                     max_iter=opts.max_iter, generator=generator, device=device,
+                                     weighting=opts.guide_weights,
+                                     on_batch=chain(saver, pictures))
+        adv = {"gallery_feats" if opts.gallery else "query_feats": adv_feats}
+        runs.append(split_metrics(query, gallery, metric, **adv))
+        stats.append(st)
+        if first:
+            arrays[f"{target.name}_features_adv_{name}"] = adv_feats.cpu().numpy()
+        if pictures is not None:
+            qf = adv.get("query_feats", query.feats)
+            gf = adv.get("gallery_feats", gallery.feats)
+            pictures.write(pairwise_distance(query.feats, gallery.feats, metric).cpu(),
+                           pairwise_distance(qf, gf, metric).cpu())
+    return {**summarize_runs(runs), "runs": runs,
+            "max_perturbation": max(s["max_perturbation"] for s in stats),
+            "attack_seconds": float(np.mean([s["attack_seconds"] for s in stats])),
+            "images_attacked": stats[0]["images_attacked"], "fallback_images": stats[0]["fallback_images"],
+            "iterations": stats[0]["iterations"], "target": target.name, "eps": opts.eps, "step": opts.step}
+
+
+def default_out(stem, dataset):
+    return os.path.join("attacks", f"{stem}-{dataset}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+
+
+def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha256=None, config=None):
+    """The evaluation of `model` (on `device`, in eval mode) on a dataset, with checked
+    `opts` (an `Options`, `opts.out` set). `config`: extra entries of results.json's
+    config (e.g. the checkpoint's). Writes and returns the results.json dict."""
+    out = opts.out
+    seed_everything(opts.seed)
+    data = load_dataset(dataset_folder, opts.dataset)
+    height, width = input_size
+    metric = "cosine" if opts.cosine else "euclidean"
+
+    delta = uap_info = None
+    if "UAP" in opts.attack:  # loaded (and checked) or learned before the evaluation
+        os.makedirs(out, exist_ok=True)
+        delta, uap_info = obtain_uap(opts, model, data, (height, width), device, out, model_sha256)
+
+    tf = build_transforms(height, width, train=False)
+    loaders = {name: eval_loader(getattr(data, name), tf, opts.batch_size, opts.workers)
+               for name in ("query", "gallery")}
+    splits = {}
+    for name, loader in loaders.items():
+        feats, pids, camids = extract_features(model, loader, device, f"{name} features", opts.cosine)
+        splits[name] = Split(name, feats, pids, camids, getattr(data, name))
+    query, gallery = splits["query"], splits["gallery"]
+    clean = split_metrics(query, gallery, metric)
+
+    os.makedirs(out, exist_ok=True)
+    describe = getattr(model, "config", None)
+    config = {**asdict(opts), "dataset_folder": dataset_folder, **(config or {}),
+              "model": describe() if callable(describe) else type(model).__name__,
+              "input_size": [height, width], "dataset_root": data.root, "metric": metric, "device": str(device),
+              "versions": versions()}
+    results = {"config": config, "clean": clean, "attacks": {}}
+    arrays = {"query_features": query.feats.cpu().numpy(), "query_pids": query.pids, "query_camids": query.camids,
+              "gallery_features": gallery.feats.cpu().numpy(), "gallery_pids": gallery.pids,
+              "gallery_camids": gallery.camids}
+
+    picked = []
+    if opts.visualize:
+        rng = np.random.default_rng(opts.seed)
+        picked = rng.choice(len(query.pids), min(opts.visualize, len(query.pids)), replace=False).tolist()
+    loader = loaders["gallery" if opts.gallery else "query"]
+    for name in opts.attack:
+        entry = run_attack(opts, name, model, loader, query, gallery, data, out, device, picked, tf, arrays, delta)
+        if name == "UAP":
+            entry["uap"] = uap_info
+        results["attacks"][name] = entry
+        write_json(os.path.join(out, "results.json"), results)  # after each attack: nothing lost
+        print(f"{name}: mAP {100 * entry['mean']['mAP']:.2f} ({entry['images_attacked']} images attacked, "
+              f"{entry['attack_seconds']:.1f} s)")
+    write_json(os.path.join(out, "results.json"), results)
+    if opts.save_features:
+        write_features(out, arrays)
+    print(data.summary())
+    rows = [("clean", clean)] + [(n, r["mean"]) for n, r in results["attacks"].items()]
+    print(f"\n{'query' if not opts.gallery else 'gallery'} attacks, eps {opts.eps:g}/255, "
+          f"{opts.max_iter} iterations, {opts.nb_repeat} run(s), {metric} distance")
+    print(metrics_table(rows))
+    print(f"results -> {os.path.join(out, 'results.json')}")
+    return results
+
+
+def evaluate_robustness(model, dataset_folder, attacks=(), dataset="market", eps=5.0, input_size=(256, 128),
+                        out=None, **options):
+    """Evaluate any `torch.nn.Module` mapping images in [0, 1] (B, 3, H, W) to features (B, D)
+    clean and under `attacks` (names of gen_adv.py's `-a`), on the dataset at
+    `dataset_folder` (layout `dataset`), at `input_size` (H, W). `options`: the other
+    gen_adv.py options by their long names with underscores (see `Options`: step, max_iter,
+    nb_repeat, seed, device, save_images, uap, ...). Writes results.json into `out` (default
+    attacks/<model class>-<dataset>-<time>/) and returns its dict."""
+    unknown = sorted(set(options) - set(OPTION_NAMES))
+    if unknown:
+        raise ReidError(f"evaluate_robustness: unknown option {unknown[0]!r}; expected one of "
+                        f"{', '.join(OPTION_NAMES)}")
+    if not isinstance(model, torch.nn.Module):
+        raise ReidError(f"evaluate_robustness: model must be a torch.nn.Module, got {type(model).__name__}")
+    attacks = [attacks] if isinstance(attacks, str) else list(attacks)
+    opts = check_options(Options(attack=attacks, dataset=dataset, eps=eps, out=out, **options))
+    height, width = (int(v) for v in input_size)
+    for flag, value in (("height", height), ("width", width)):
+        check_number(f"input_size {flag}", value, 16)
+    check_input_dir(dataset_folder, "dataset folder")
+    opts.out = opts.out or default_out(type(model).__name__, opts.dataset)
+    check_writable_dir(opts.out, "out")
+    device = resolve_device(opts.device)
+    model.to(device).eval()
+    return run_evaluation(model, dataset_folder, opts, (height, width), device)
