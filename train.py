@@ -15,7 +15,7 @@ from dataclasses import asdict
 
 import torch
 
-from reid.attacks import WEIGHTINGS
+from reid.attacks import WEIGHTINGS, parse_step
 from reid.checkpoint import load_model, rng_state, save_checkpoint, set_rng_state
 from reid.data import DATASET_NAMES, build_transforms, eval_loader, load_dataset, train_loader
 from reid.defence import (MetaObjective, UapDefence, check_defence_flags, defence_config, meta_batch_size,
@@ -62,9 +62,14 @@ def parse_args(argv=None):
     goat.add_argument("--push", type=int, nargs="?", const=4, metavar="N",
                       help="N pushing guides of the same identity from sorted/train (default 4)")
     goat.add_argument("--pull", action="store_true", help="plus the furthest other-identity feature of the batch")
-    goat.add_argument("--adv-eps", type=float, default=5.0, help="L-inf budget in /255 (default 5)")
+    goat.add_argument("--adv-norm", default="linf", metavar="{linf,l2}",
+                      help="threat model of the attack: linf (default) or l2")
+    goat.add_argument("--adv-eps", type=float,
+                      help="budget: L-inf in /255 (default 5), L2 radius in [0, 1] pixel units (default 0.5)")
     goat.add_argument("--adv-iters", type=int, default=7, help="PGD iterations (default 7)")
-    goat.add_argument("--adv-step", type=float, default=1.0, help="PGD step in /255 (default 1)")
+    goat.add_argument("--adv-step", metavar="STEP|auto",
+                      help="PGD step in the budget's units, or auto = 2.5 eps / iters (default: 1/255 for "
+                           "linf, auto for l2)")
     goat.add_argument("--adv-guide-weights", default="reference", choices=WEIGHTINGS,
                       help="pushing-guide weights, as gen_adv.py's --guide-weights (default reference)")
     uap = p.add_argument_group("defence against universal perturbations (see reid/defence.py)")
@@ -85,8 +90,8 @@ def parse_args(argv=None):
     check_number("--seed", args.seed, 0, MAX_SEED)
     check_number("--lr", args.lr, 0, strict=True)
     check_number("-wd", args.weight_decay, 0)
-    for flag, value in (("--adv-eps", args.adv_eps), ("--adv-step", args.adv_step)):
-        check_number(flag, value)  # finite; their ranges are checked with the other GOAT flags
+    check_number("--adv-eps", args.adv_eps)  # finite; the ranges are checked with the other GOAT flags
+    args.adv_step = parse_step("--adv-step", args.adv_step)
     if args.id_batch and args.batch_size % args.num_instances:
         raise ReidError(f"-b {args.batch_size}: with --id_batch, expected a multiple of -ni {args.num_instances}")
     if not os.path.basename(args.filename):
@@ -99,8 +104,10 @@ def parse_args(argv=None):
         args.meta_dataset_kind = args.meta_dataset_kind or args.dataset
         args.meta_lr = args.lr if args.meta_lr is None else args.meta_lr
         meta_batch_size(args.batch_size, args.num_instances)
+    if not args.adv and (args.adv_norm != "linf" or args.adv_eps is not None or args.adv_step is not None):
+        raise ReidError("--adv-norm / --adv-eps / --adv-step: GOAT options need --adv")
     args.goat = goat_config(args.adv, args.sma, args.push, args.pull, args.id_batch,
-                            args.adv_eps, args.adv_iters, args.adv_step, args.adv_guide_weights)
+                            args.adv_eps, args.adv_iters, args.adv_step, args.adv_guide_weights, args.adv_norm)
     return args
 
 
@@ -165,6 +172,8 @@ def main(argv=None):
         saved = ckpt.get("goat", goat_state)
         if saved is not None and "weighting" not in saved:  # written before weightings existed: mean
             saved = {**saved, "weighting": "mean"}
+        if saved is not None and "norm" not in saved:  # written before --adv-norm existed: L-inf
+            saved = {**saved, "norm": "linf"}
         if saved != goat_state:
             raise ReidError(f"--resume: {last_path} was trained with GOAT settings {saved}, "
                             f"the flags given ask for {goat_state}")

@@ -25,10 +25,17 @@ from reid.utils import progress
 METRIC_NAMES = ("mAP", "rank1", "rank5", "rank10", "mINP")
 
 
-def retrieval_metrics(query_features, gallery_features, q_pids, g_pids, q_camids, g_camids, metric="euclidean"):
-    """The METRICS dict of DESIGN.md (fractions) for one query / gallery feature pair."""
+def retrieval_metrics(query_features, gallery_features, q_pids, g_pids, q_camids, g_camids, metric="euclidean",
+                      per_query=False):
+    """The METRICS dict of DESIGN.md (fractions) for one query / gallery feature pair; with
+    `per_query`, (METRICS, evaluate_rank's per-query AP / INP / first-hit rank arrays)."""
     distmat = pairwise_distance(query_features, gallery_features, metric)
-    result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=10)
+    result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=10, per_query=per_query)
+    return (as_metrics(result), result["per_query"]) if per_query else as_metrics(result)
+
+
+def as_metrics(result):
+    """The METRICS dict of an `evaluate_rank` (or `rank_summary`) result."""
     cmc = result["cmc"]
     return {"mAP": float(result["mAP"]), "rank1": float(cmc[0]), "rank5": float(cmc[4]),
             "rank10": float(cmc[9]), "mINP": float(result["mINP"])}
@@ -132,21 +139,24 @@ class Split:
     samples: List[Sample]
 
 
-def split_metrics(query, gallery, metric="euclidean", query_feats=None, gallery_feats=None):
-    """METRICS of `query` against `gallery`, with either side's features optionally replaced."""
+def split_metrics(query, gallery, metric="euclidean", query_feats=None, gallery_feats=None, per_query=False):
+    """METRICS of `query` against `gallery`, with either side's features optionally replaced
+    (and the per-query values with `per_query`, see `retrieval_metrics`)."""
     qf = query.feats if query_feats is None else query_feats
     gf = gallery.feats if gallery_feats is None else gallery_feats
-    return retrieval_metrics(qf, gf, query.pids, gallery.pids, query.camids, gallery.camids, metric)
+    return retrieval_metrics(qf, gf, query.pids, gallery.pids, query.camids, gallery.camids, metric, per_query)
 
 
-def attack_split(model, loader, target, name, *, guides=None, single=False, cosine=False, eps=5.0,
-                 step=1.0, max_iter=15, generator=None, device="cpu", on_batch=None, weighting="reference"):
+def attack_split(model, loader, target, name, *, guides=None, single=False, cosine=False, eps=None,
+                 step=None, max_iter=15, generator=None, device="cpu", on_batch=None, weighting="reference",
+                 norm="linf"):
     """Attack every image of the split `target` (a `Split`, `loader` yields its images in order).
 
     `name` is an attack of the registry, or a ready plan (e.g. a universal perturbation's
     `AdditivePlan`). Guides come from `target` itself, or from the `guides` split
     (`--cross_attack`). `on_batch(clean, adv, indices)` sees each batch (to save images or
-    pictures). Returns the adversarial features (N, D) and run statistics.
+    pictures). Returns the adversarial features (N, D) and run statistics; the statistic
+    `max_perturbation` is in the norm's units (L-inf: /255; L2: [0, 1] pixel units).
     """
     plan = name if not isinstance(name, str) else plan_attack(
         name, target.feats, target.pids, None if guides is None else guides.feats,
@@ -154,19 +164,21 @@ def attack_split(model, loader, target, name, *, guides=None, single=False, cosi
         weighting=weighting)
     plan, name = plan.to(device), plan.name
     adv_feats = torch.empty_like(target.feats)
-    largest = torch.zeros((), device=device)
+    largest = torch.zeros((), dtype=torch.float64, device=device)
     start = time.perf_counter()
     for images, _, _, idx in progress(loader, name):
         images = images.to(device, non_blocking=True)
         adv, feats = attack_batch(model, images, plan, idx, eps=eps, step=step, max_iter=max_iter,
-                                  generator=generator)
+                                  generator=generator, norm=norm)
         adv_feats[idx.to(adv_feats.device)] = F.normalize(feats, dim=1) if cosine else feats
-        largest = torch.maximum(largest, (adv - images).abs().amax())
+        moved = (adv - images).abs().amax() if norm == "linf" else (
+            adv.double() - images.double()).flatten(1).norm(dim=1).amax()
+        largest = torch.maximum(largest, moved.double())
         if on_batch is not None:
             on_batch(images, adv, idx)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
-    stats = {"max_perturbation": float(largest) * 255.0, "attack_seconds": time.perf_counter() - start,
+    stats = {"max_perturbation": float(largest) * (255.0 if norm == "linf" else 1.0), "attack_seconds": time.perf_counter() - start,
              "images_attacked": plan.num_attacked, "fallback_images": plan.num_fallback,
              "iterations": plan.iterations(max_iter)}
     return adv_feats, stats

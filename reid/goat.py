@@ -1,8 +1,8 @@
 """GOAT: guide-sampling online adversarial training (Bouniot et al., CVPRW 2020).
 
 Each training batch is replaced by its adversarial version before the training step. The
-attack is the one of ``reid.attacks`` (L-inf PGD from a random start on the guided loss,
-through ``perturb``): only the guides are GOAT's own. Where the pushing guides come from:
+attack is the one of ``reid.attacks`` (PGD from a random start on the guided loss, through
+``perturb``; L-inf by default, L2 with ``--adv-norm l2``): only the guides are GOAT's own. Where the pushing guides come from:
 
   ``self``   SMA: the image's own clean feature (``--adv --sma``), no pool needed;
   ``pool``   N images of the same identity drawn at random from ``<dataset>/sorted/train``
@@ -28,7 +28,8 @@ from typing import List
 
 import torch
 
-from reid.attacks import WEIGHTINGS, attack_mode, check_budget, pack_bank_guides, perturb
+from reid.attacks import (DEFAULT_EPS, WEIGHTINGS, attack_mode, check_budget, pack_bank_guides, perturb,
+                          resolve_step)
 from reid.metrics import pairwise_distance
 from reid.utils import ReidError
 
@@ -42,10 +43,11 @@ class GoatConfig:
     push: str            # one of PUSH_SOURCES
     num_push: int        # pool guides per image (pool only; 0 otherwise)
     pull: bool
-    eps: float = 5.0     # /255
+    eps: float = 5.0     # /255 (L2: a radius in [0, 1] pixel units)
     iters: int = 7
-    step: float = 1.0    # /255
+    step: float = 1.0    # /255 (L2: [0, 1] pixel units)
     weighting: str = "reference"   # pushing-guide weights, as the attacks' (reid.attacks.WEIGHTINGS)
+    norm: str = "linf"   # the threat model, as gen_adv.py's --norm (checkpoints without it: linf)
 
     def __post_init__(self):
         if self.push not in PUSH_SOURCES:
@@ -56,19 +58,25 @@ class GoatConfig:
     def describe(self):
         push = {"self": "SMA (own feature)", "pool": f"{self.num_push} pool guides",
                 "batch": "in-batch same-identity guides"}[self.push]
-        return (f"GOAT: push {push}{' + furthest pull' if self.pull else ''} ({self.weighting} weights), "
-                f"PGD eps {self.eps:g}/255, {self.iters} iterations of {self.step:g}/255")
+        budget = (f"PGD eps {self.eps:g}/255, {self.iters} iterations of {self.step:g}/255" if self.norm == "linf"
+                  else f"L2 PGD radius {self.eps:g}, {self.iters} iterations of {self.step:g}")
+        return f"GOAT: push {push}{' + furthest pull' if self.pull else ''} ({self.weighting} weights), {budget}"
 
 
-def goat_config(adv, sma=False, push=None, pull=False, id_batch=False, eps=5.0, iters=7, step=1.0,
-                weighting="reference"):
-    """The GoatConfig train.py's flags ask for (None without ``--adv``); ReidError if they clash."""
+def goat_config(adv, sma=False, push=None, pull=False, id_batch=False, eps=None, iters=7, step=None,
+                weighting="reference", norm="linf"):
+    """The GoatConfig train.py's flags ask for (None without ``--adv``); ReidError if they clash.
+
+    eps / step None: the norm's defaults (L-inf 5/255 and 1/255; L2 radius 0.5 and 2.5 eps /
+    iters); step may be ``"auto"``. The config holds the resolved numbers."""
     if not adv:
         given = [flag for flag, on in (("--sma", sma), ("--push", push is not None), ("--pull", pull)) if on]
         if given:
             raise ReidError(f"{' '.join(given)}: GOAT options need --adv")
         return None
-    check_budget(eps, step, iters, flags=("--adv-eps", "--adv-step", "--adv-iters"))
+    check_budget(eps, step, iters, flags=("--adv-eps", "--adv-step", "--adv-iters", "--adv-norm"), norm=norm)
+    eps = DEFAULT_EPS[norm] if eps is None else float(eps)
+    step = float(resolve_step(step, eps, iters, norm))
     if sma and push is not None:
         raise ReidError("--sma and --push: choose one source of pushing guides")
     if push is not None and push < 1:
@@ -82,8 +90,7 @@ def goat_config(adv, sma=False, push=None, pull=False, id_batch=False, eps=5.0, 
     else:
         raise ReidError("--adv needs pushing guides: --sma, --push [N] (from sorted/train) "
                         "or --id_batch (other instances in the P x K batch)")
-    return GoatConfig(source, push if source == "pool" else 0, bool(pull), float(eps), int(iters), float(step),
-                      weighting)
+    return GoatConfig(source, push if source == "pool" else 0, bool(pull), eps, int(iters), step, weighting, norm)
 
 
 class GuidePool:
@@ -190,4 +197,4 @@ class Goat:
         packed = pack_bank_guides(bank, None, weights)
         c = self.config
         return perturb(model, images, packed, optimiser="pgd", eps=c.eps, step=c.step,
-                       max_iter=c.iters, rand_start=True)
+                       max_iter=c.iters, rand_start=True, norm=c.norm)

@@ -53,7 +53,7 @@ def pairwise_distance(qf, gf, metric="euclidean"):
     return torch.addmm(squares, qf, gf.t(), beta=1.0, alpha=-2.0).clamp_(min=0.0)
 
 
-def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, ap="market"):
+def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, ap="market", per_query=False):
     """CMC, mAP and mINP of a (Q, G) distance matrix under the Market-1501 protocol.
 
     For each query, gallery items with its identity *and* camera are removed (the same
@@ -71,6 +71,10 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, ap="
     counts them. Distances must be finite. Inputs may be numpy arrays or torch tensors;
     the work runs on the distance matrix's device. Returns {"cmc": (max_rank,) array of fractions, "mAP",
     "mINP", "num_valid_queries"}; CMC entries beyond the gallery size stay at CMC(G).
+
+    per_query=True adds "per_query": {"ap", "inp": (Q,) float64 arrays, "first_rank": (Q,) int64
+    array (rank of the first true match, 1-based)}, one entry per query in query order; queries
+    without a valid match hold NaN and 0. `rank_summary` turns such values back into the means.
     """
     if ap not in AP_MODES:
         raise ReidError(f"unknown AP mode {ap!r}: expected one of {', '.join(AP_MODES)}")
@@ -102,12 +106,13 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, ap="
     group_size = torch.searchsorted(sorted_pids, q_pids, right=True) - group_start
 
     ranker = _MatchRanker(num_q, num_cols, work_dtype, device)
-    first_ranks, ap_values, inp_values = [], [], []
+    first_ranks, ap_values, inp_values, valid_rows = [], [], [], []
     for q0 in range(0, num_q if num_cols else 0, ranker.rows):
         rows = slice(q0, min(q0 + ranker.rows, num_q))
         ranks, num_hits = ranker(dist[rows].to(work_dtype), kept, q_pids[rows], q_camids[rows], g_pids, g_camids,
                                  by_pid, group_start[rows], group_size[rows])
         valid = num_hits > 0
+        valid_rows.append(valid)
         ranks, num_hits = ranks[valid].double(), num_hits[valid]
         hit_number = torch.arange(1, ranks.shape[1] + 1, device=device, dtype=torch.float64)
         precision = hit_number / ranks
@@ -127,12 +132,35 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, ap="
     if num_valid < num_q:
         warnings.warn(f"{num_q - num_valid} of {num_q} queries have no valid gallery match "
                       "and are left out of CMC, mAP and mINP", stacklevel=2)
+    ap_values, inp_values = torch.cat(ap_values), torch.cat(inp_values)
+    result = rank_summary(first, ap_values, inp_values, max_rank)
+    if per_query:
+        valid = torch.cat(valid_rows).cpu()
+        values = {"ap": ap_values, "inp": inp_values, "first_rank": first}
+        result["per_query"] = {}
+        for key, value in values.items():
+            full = torch.full((num_q,), 0 if key == "first_rank" else float("nan"), dtype=value.dtype)
+            full[valid] = value.cpu()
+            result["per_query"][key] = full.numpy()
+    return result
+
+
+def rank_summary(first_rank, ap, inp, max_rank=50):
+    """{"cmc", "mAP", "mINP", "num_valid_queries"} from per-query values of the valid queries.
+
+    first_rank (N,): rank of each query's first true match (1-based); ap, inp (N,): its AP
+    and INP. Numpy arrays or tensors. The one place where per-query values become the means
+    `evaluate_rank` reports (the worst case over attacks of `reid.report` uses it too).
+    """
+    first = torch.as_tensor(first_rank).long().reshape(-1)
+    if len(first) == 0:
+        raise ReidError("rank_summary: no valid query")
     first_hits = torch.bincount((first - 1).clamp(max=max_rank), minlength=max_rank + 1)[:max_rank]
     return {
-        "cmc": (first_hits.cumsum(0).double() / num_valid).cpu().numpy(),
-        "mAP": torch.cat(ap_values).mean().item(),
-        "mINP": torch.cat(inp_values).mean().item(),
-        "num_valid_queries": num_valid,
+        "cmc": (first_hits.cumsum(0).double() / len(first)).cpu().numpy(),
+        "mAP": torch.as_tensor(ap).double().mean().item(),
+        "mINP": torch.as_tensor(inp).double().mean().item(),
+        "num_valid_queries": len(first),
     }
 
 

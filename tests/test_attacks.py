@@ -14,9 +14,14 @@ from reid.attacks import (
     ATTACK_NAMES,
     ATTACKS,
     GuidedLoss,
+    L2PGDAttack,
     LinfPGDAttack,
+    MomentumIterativeAttack,
     attack_batch,
+    auto_step,
     check_attack_args,
+    check_budget,
+    image_diameter,
     guided_loss,
     pack_bank_guides,
     pack_guides,
@@ -413,6 +418,110 @@ def test_registry_and_advertorch_reexport():
     assert check_attack_args(["IFGSM", "FGSM"], single=True) == ["IFGSM", "FGSM"]
     import advertorch.attacks
     assert LinfPGDAttack is advertorch.attacks.LinfPGDAttack
+
+
+# ----------------------------------------------------------------------------- L2 threat model
+
+L2_EPS = 0.5  # a radius in [0, 1] pixel units of the whole 3 x 16 x 8 image
+
+
+def l2_moves(adv, images):
+    return (adv.double() - images.double()).flatten(1).norm(dim=1)
+
+
+@pytest.mark.parametrize("name", ATTACK_NAMES)
+def test_every_l2_attack_stays_in_its_radius_and_in_the_image(setup, name):
+    model, images, feats = setup
+    plan = plan_attack(name, feats, PIDS, generator=torch.Generator().manual_seed(0))
+    adv, adv_feats = attack_batch(model, images, plan, torch.arange(len(PIDS)), eps=L2_EPS, max_iter=5,
+                                  generator=torch.Generator().manual_seed(0), norm="l2")
+    assert adv.min() >= 0 and adv.max() <= 1
+    moves = l2_moves(adv, images)
+    keep = PIDS <= 0
+    assert torch.all(moves <= L2_EPS) and torch.all(moves[~keep] > 0) and torch.all(moves[keep] == 0)
+    with torch.no_grad():
+        assert torch.allclose(adv_feats, model(adv), atol=1e-5)
+    loss, rows = GuidedLoss(), torch.nonzero(~keep).squeeze(1)
+    with torch.no_grad():
+        assert loss(adv_feats[rows], plan.packed(rows)) > loss(model(images[rows]), plan.packed(rows))
+
+
+def test_l2_radius_holds_exactly_at_the_image_diameter_and_on_saturated_images(setup):
+    model, images, feats = setup
+    diameter = image_diameter(images.shape[-2:])
+    assert diameter == pytest.approx((3 * 16 * 8) ** 0.5)
+    saturated = (images > 0.5).float()  # every value at 0 or 1: the clip to [0, 1] binds everywhere
+    for x in (images, saturated):
+        for name, eps, step in (("SMA", diameter, 3.0), ("MIFGSM", 0.05, 0.5), ("FGSM", 2.0, None)):
+            plan = plan_attack(name, feats, PIDS, generator=torch.Generator().manual_seed(0))
+            adv, _ = attack_batch(model, x, plan, range(len(PIDS)), eps=eps, step=step, max_iter=3,
+                                  generator=torch.Generator().manual_seed(0), norm="l2")
+            assert adv.min() >= 0 and adv.max() <= 1 and torch.all(l2_moves(adv, x) <= eps), name
+
+
+def test_l2_pgd_from_the_clean_image_is_advertorchs_l2_pgd(setup):
+    model, images, feats = setup
+    rows = torch.nonzero(torch.isin(PIDS, torch.tensor([1, 2, 3]))).squeeze(1)  # no fallback rows
+    packed = plan_attack("IFGSM", feats, PIDS).packed(rows)
+    x = images[rows]
+    ours = perturb(model, x, packed, optimiser="pgd", eps=L2_EPS, step=0.2, max_iter=4, norm="l2")
+    theirs = L2PGDAttack(model, GuidedLoss(), eps=L2_EPS, nb_iter=4, eps_iter=0.2, rand_init=False,
+                         clip_min=0.0, clip_max=1.0, targeted=False).perturb(x, packed)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def brute_mifgsm_l2(model, x, packed, eps, step, iters):
+    """MI-FGSM in L2, one image at a time, in float64 (Dong et al. 2018, with the clip to [0, 1])."""
+    out = []
+    loss = GuidedLoss()
+    for b in range(len(x)):
+        x0 = x[b:b + 1].double()
+        delta, g = torch.zeros_like(x0), torch.zeros_like(x0)
+        for _ in range(iters):
+            d = delta.clone().requires_grad_(True)
+            grad, = torch.autograd.grad(loss(model((x0 + d).float()), packed[b:b + 1]), d)
+            g = g + grad / max(grad.abs().sum().item(), 1e-6)
+            delta = delta + step * g / max(g.norm().item(), 1e-6)
+            delta = delta * min(1.0, eps / max(delta.norm().item(), 1e-300))
+            delta = (x0 + delta).clamp(0, 1) - x0
+        out.append((x0 + delta).float())
+    return torch.cat(out)
+
+
+def test_l2_momentum_matches_a_per_image_loop_and_has_no_nan_where_the_gradient_is_zero(setup):
+    model, images, feats = setup
+    rows = torch.nonzero(torch.isin(PIDS, torch.tensor([1, 2, 3]))).squeeze(1)
+    packed = plan_attack("MIFGSM", feats, PIDS).packed(rows)
+    x = images[rows]
+    ours = perturb(model, x, packed, optimiser="momentum", eps=L2_EPS, step=0.2, max_iter=4, norm="l2")
+    assert torch.allclose(ours, brute_mifgsm_l2(model, x, packed, L2_EPS, 0.2, 4), atol=1e-4)
+
+    class Cropped(torch.nn.Module):  # never looks at the bottom half: zero gradient there
+        def forward(self, z):
+            return model(torch.cat([z[:, :, :8], torch.zeros_like(z[:, :, 8:])], 2))
+
+    adv = perturb(Cropped(), x, packed, optimiser="momentum", eps=L2_EPS, step=0.2, max_iter=3, norm="l2")
+    assert torch.isfinite(adv).all() and torch.equal(adv[:, :, 8:], x[:, :, 8:])
+    broken = MomentumIterativeAttack(Cropped(), GuidedLoss(), eps=L2_EPS, nb_iter=3, eps_iter=0.2, ord=2)
+    assert torch.isnan(broken.perturb(x, packed)).any()  # why the L2 momentum loop is ours
+
+
+def test_budget_rules_per_norm():
+    assert check_budget(8, "auto", 10) == pytest.approx((8 / 255, 2 / 255, 10))  # 2.5 eps / iterations
+    assert check_budget(None, None, 15) == pytest.approx((5 / 255, 1 / 255, 15))  # L-inf defaults
+    assert check_budget(None, None, 10, norm="l2") == pytest.approx((0.5, 0.125, 10))  # L2 defaults
+    assert check_budget(1.0, 0.3, 5, norm="l2", input_size=(64, 32)) == pytest.approx((1.0, 0.3, 5))
+    assert auto_step(4, 16) == 0.625
+    top = image_diameter((64, 32))
+    check_budget(top, None, 5, norm="l2", input_size=(64, 32))  # the diameter itself is allowed
+    for kwargs, needle in (({"eps": top * 1.01, "norm": "l2", "input_size": (64, 32)}, "diameter of a 64x32"),
+                           ({"eps": -1, "norm": "l2"}, "--eps -1"), ({"eps": 2, "norm": "l3"}, "--norm l3"),
+                           ({"eps": 2, "step": "fast"}, "auto"), ({"eps": 2, "step": -1, "norm": "l2"}, "--step -1")):
+        with pytest.raises(ReidError, match=needle) as err:
+            check_budget(**{"max_iter": 5, **kwargs})
+        assert "\n" not in str(err.value)
+    with pytest.raises(ReidError, match="universal"):
+        check_attack_args(["SMA", "UAP"], eps=[1.0, 2.0], norm="l2")
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -27,6 +27,9 @@ def test_flags_choose_the_guide_source():
     assert goat_config(True, push=2, id_batch=True).push == "pool"    # an explicit pool wins
     c = goat_config(True, sma=True, pull=True, eps=8, iters=3, step=2)
     assert (c.push, c.pull, c.eps, c.iters, c.step) == ("self", True, 8.0, 3, 2.0)
+    assert goat_config(True, sma=True, eps=8, iters=10, step="auto").step == 2.0  # 2.5 eps / iters
+    c = goat_config(True, sma=True, iters=5, norm="l2")  # L2 defaults: radius 0.5, step auto
+    assert (c.norm, c.eps, c.step) == ("l2", 0.5, 0.25) and "L2 PGD radius 0.5" in c.describe()
 
 
 @pytest.mark.parametrize("kwargs,needle", [
@@ -38,6 +41,8 @@ def test_flags_choose_the_guide_source():
     (dict(adv=True, sma=True, eps=0), "--adv-eps 0"),
     (dict(adv=True, sma=True, iters=0), "--adv-iters 0"),
     (dict(adv=True, sma=True, step=-1), "--adv-step -1"),
+    (dict(adv=True, sma=True, norm="l1"), "--adv-norm l1: expected one of linf, l2"),
+    (dict(adv=True, sma=True, norm="l2", eps=-0.5), "--adv-eps -0.5: an L2 radius"),
 ])
 def test_clashing_flags_are_one_line_errors(kwargs, needle):
     with pytest.raises(ReidError) as err:
@@ -204,6 +209,16 @@ def test_adversarial_batch_in_budget_raises_the_loss_and_restores_the_model(sour
         assert loss(model(adv), packed) > loss(model(images), packed)
 
 
+def test_l2_adversarial_batch_stays_in_its_radius():
+    model = tiny_model(dim=8)
+    images = torch.rand(len(LABELS), 3, 16, 8, generator=torch.Generator().manual_seed(0))
+    goat = Goat(goat_config(True, sma=True, pull=True, eps=0.3, iters=4, norm="l2"))
+    torch.manual_seed(0)
+    adv = goat(model, images, LABELS)
+    moves = (adv.double() - images.double()).flatten(1).norm(dim=1)
+    assert adv.min() >= 0 and adv.max() <= 1 and torch.all(moves <= 0.3) and torch.all(moves > 0)
+
+
 # ----------------------------------------------------------------------------- train.py
 
 def test_goat_epoch_end_to_end_and_resume(sorted_dataset, tmp_path):
@@ -212,7 +227,7 @@ def test_goat_epoch_end_to_end_and_resume(sorted_dataset, tmp_path):
     assert "GOAT: push 2 pool guides + furthest pull" in proc.stdout
     ckpt = read_checkpoint(str(straight / "m-last.th"))
     assert ckpt["goat"] == {"push": "pool", "num_push": 2, "pull": True, "eps": 5.0, "iters": 2, "step": 1.0,
-                            "weighting": "reference"}
+                            "weighting": "reference", "norm": "linf"}
     assert ckpt["args"]["goat"] == ckpt["goat"]
     log = [json.loads(line) for line in open(straight / "m.log.jsonl")]
     assert [r["epoch"] for r in log] == [0, 1] and all(0 <= r["mAP"] <= 1 for r in log)
@@ -228,6 +243,16 @@ def test_goat_epoch_end_to_end_and_resume(sorted_dataset, tmp_path):
     # resuming with other GOAT settings would silently change the run: refused
     proc = _train_goat(sorted_dataset, resumed, "--sma", "--resume", epochs=3, check=False)
     assert proc.returncode == 2 and "--resume" in proc.stderr and "GOAT settings" in proc.stderr
+
+    # a checkpoint from before --adv-norm resumes as L-inf (epochs=2: nothing left to train)
+    last = str(resumed / "m-last.th")
+    old = torch.load(last, weights_only=False)
+    del old["goat"]["norm"]
+    torch.save(old, last)
+    _train_goat(sorted_dataset, resumed, "--push", "2", "--pull", "--resume", epochs=2)
+    proc = _train_goat(sorted_dataset, resumed, "--push", "2", "--pull", "--adv-norm", "l2", "--resume", epochs=2,
+                       check=False)
+    assert proc.returncode == 2 and "'norm': 'linf'" in proc.stderr and "'norm': 'l2'" in proc.stderr
 
 
 def test_the_papers_goat_command_parses_as_written():

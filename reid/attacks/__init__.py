@@ -3,7 +3,8 @@
 Every attack (FGSM, IFGSM, MIFGSM, SMA, ODFA, FNA, FNA_pull, FNA_rand) is one row of
 ``registry.ATTACKS``: a guide rule and an advertorch optimiser joined by the guided loss
 sum_b sum_k w_bk ||f(x_b) - g_bk||^2 (maximised). Work in pixel space: images in [0, 1],
-eps and step in /255 units.
+eps and step in /255 units (``norm="linf"``, the default) or, with ``norm="l2"``, an L2
+radius and step in [0, 1] pixel units of the whole image.
 
     plan = plan_attack("FNA", q_feats, q_pids, cosine=False, generator=gen)
     for images, idx in batches:                  # idx: positions in the query set
@@ -14,22 +15,30 @@ This package is also the project's only door to advertorch (see ``_compat``): im
 advertorch attack classes from here.
 """
 
-from ._compat import GradientSignAttack, LinfPGDAttack, MomentumIterativeAttack
-from .core import attack_batch, attack_mode, perturb, plan_attack
+from ._compat import GradientAttack, GradientSignAttack, L2PGDAttack, LinfPGDAttack, MomentumIterativeAttack
+from .core import attack_batch, attack_mode, perturb, plan_attack, project
 from .guides import WEIGHTINGS, AttackPlan, select_guides
 from .loss import GuidedLoss, guided_loss, pack_bank_guides, pack_guides
 from .optimisers import OPTIMISERS
 from .registry import (
     ATTACK_NAMES,
     ATTACKS,
+    DEFAULT_EPS,
+    DEFAULT_STEP,
+    NORMS,
     UNIVERSAL_ATTACKS,
     AttackSpec,
+    auto_step,
     canonical_name,
     check_attack_args,
     check_budget,
+    check_norm,
     check_single,
     get_attack_spec,
+    image_diameter,
+    parse_step,
     resolve_attack_names,
+    resolve_step,
 )
 from .universal import (
     UAP_LOSSES,
@@ -43,8 +52,9 @@ from .universal import (
 )
 
 __all__ = [
-    "ATTACK_NAMES", "ATTACKS", "AttackPlan", "AttackSpec", "GradientSignAttack", "GuidedLoss",
-    "LinfPGDAttack", "MomentumIterativeAttack", "OPTIMISERS", "attack_batch", "attack_mode",
+    "ATTACK_NAMES", "ATTACKS", "AttackPlan", "AttackSpec", "DEFAULT_EPS", "DEFAULT_STEP", "GradientAttack",
+    "GradientSignAttack", "GuidedLoss", "L2PGDAttack", "LinfPGDAttack", "MomentumIterativeAttack", "NORMS",
+    "auto_step", "check_norm", "image_diameter", "parse_step", "project", "resolve_step", "OPTIMISERS", "attack_batch", "attack_mode",
     "canonical_name", "check_attack_args", "check_budget", "check_single", "get_attack_spec",
     "guided_loss", "pack_bank_guides", "pack_guides", "perturb", "plan_attack",
     "resolve_attack_names", "select_guides", "WEIGHTINGS", "UNIVERSAL_ATTACKS", "UAP_LOSSES", "AdditivePlan",

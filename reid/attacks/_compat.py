@@ -33,9 +33,14 @@ if not hasattr(_gradcheck, "zero_gradients"):
     _gradcheck.zero_gradients = _zero_gradients
 
 from advertorch.attacks import (  # noqa: E402  (must follow the shim)
+    GradientAttack,
     GradientSignAttack,
+    L2PGDAttack,
     LinfPGDAttack,
     MomentumIterativeAttack,
 )
+# The loop of advertorch's PGD attacks, which takes an initial perturbation (per-sample starts).
+from advertorch.attacks.iterative_projected_gradient import perturb_iterative  # noqa: E402
 
-__all__ = ["GradientSignAttack", "LinfPGDAttack", "MomentumIterativeAttack"]
+__all__ = ["GradientAttack", "GradientSignAttack", "L2PGDAttack", "LinfPGDAttack", "MomentumIterativeAttack",
+           "perturb_iterative"]

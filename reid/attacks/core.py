@@ -12,13 +12,14 @@ During the attack the model is put in eval mode and its parameters stop requirin
 which matters when attacking inside a training loop); both are restored afterwards.
 """
 
+import math
 from contextlib import contextmanager
 
 import torch
 
 from .guides import select_guides
 from .loss import GuidedLoss
-from .optimisers import OPTIMISERS
+from .optimisers import OPTIMISERS, l2_directions, linf_box, project_l2
 from .registry import ATTACKS, check_budget, check_single
 
 
@@ -58,8 +59,12 @@ def attack_mode(model):
         model.train(was_training)
 
 
-def _start_point(x, lo, hi, rand_start, eps, generator):
-    """x, with the ``rand_start`` rows moved to a uniform random point of their box."""
+def _start_point(x, rand_start, eps, norm, generator):
+    """x, with the ``rand_start`` rows moved to a uniform random point of their ball ∩ [0, 1].
+
+    L-inf: uniform in the box. L2: uniform in the ball (a Gaussian direction, radius
+    eps * U^(1 / n) for n values per image), then clipped to [0, 1], which only shortens it.
+    """
     if rand_start is None:
         return x
     if isinstance(rand_start, bool):
@@ -68,40 +73,69 @@ def _start_point(x, lo, hi, rand_start, eps, generator):
     if sel.numel() == 0:
         return x
     gen_device = generator.device if generator is not None else x.device
-    noise = torch.rand((len(sel),) + tuple(x.shape[1:]), generator=generator,
-                       device=gen_device).to(x.device, x.dtype)
+    shape = (len(sel),) + tuple(x.shape[1:])
     x0 = x.clone()
-    x0[sel] = torch.minimum(torch.maximum(x[sel] + (2 * noise - 1) * eps, lo[sel]), hi[sel])
+    if norm == "linf":
+        noise = torch.rand(shape, generator=generator, device=gen_device).to(x.device, x.dtype)
+        lo, hi = linf_box(x[sel], eps)
+        x0[sel] = torch.minimum(torch.maximum(x[sel] + (2 * noise - 1) * eps, lo), hi)
+    else:
+        direction = torch.randn(shape, generator=generator, device=gen_device).to(x.device, x.dtype)
+        radius = torch.rand(len(sel), generator=generator, device=gen_device).to(x.device, x.dtype)
+        radius = eps * radius.pow(1.0 / x[0].numel())
+        x0[sel] = project(x[sel], x[sel] + l2_directions(direction) * radius.view(-1, *([1] * (x.dim() - 1))),
+                          eps, norm)
     return x0
 
 
-def _perturb(model, x, packed, optimiser, eps, step, max_iter, rand_start, cosine, generator):
-    """The core loop, budget already in fractions of 1. Returns the adversarial images."""
-    lo = (x - eps).clamp_(min=0.0)
-    hi = (x + eps).clamp_(max=1.0)
-    x0 = _start_point(x, lo, hi, rand_start, eps, generator)
-    x_adv = OPTIMISERS[optimiser].run(model, GuidedLoss(cosine), x0, packed, lo, hi,
-                                      eps, step, max_iter)
+def project(x, adv, eps, norm="linf"):
+    """``adv`` moved into (ball of radius eps around x) ∩ [0, 1], eps in [0, 1] pixel units.
+
+    Both bounds hold exactly in the returned float values: L-inf clamps to the box; L2 shrinks
+    the rows outside the ball to eps minus a margin of sqrt(n) * 2^-24 (n values per image),
+    more than the rounding of the result to float32 can add back, and leaves the others as
+    they are.
+    """
+    if norm == "linf":
+        lo, hi = linf_box(x, eps)
+        return torch.minimum(torch.maximum(adv, lo), hi)
+    margin = math.sqrt(x[0].numel()) * 2.0 ** -24
+    norms = (adv.double() - x.double()).flatten(1).norm(dim=1)
+    outside = (norms > eps - margin) | (adv < 0).flatten(1).any(1) | (adv > 1).flatten(1).any(1)
+    if not outside.any():
+        return adv
+    out = adv.clone()
+    out[outside] = project_l2(x[outside], adv[outside], max(eps - margin, 0.0))
+    return out
+
+
+def _perturb(model, x, packed, optimiser, eps, step, max_iter, rand_start, cosine, generator, norm="linf"):
+    """The core loop, budget already in [0, 1] pixel units. Returns the adversarial images."""
+    x0 = _start_point(x, rand_start, eps, norm, generator)
+    x_adv = OPTIMISERS[optimiser].run(norm)(model, GuidedLoss(cosine), x, x0, packed, eps, step, max_iter)
     # One last projection: advertorch's momentum attack returns x0 + delta, which float
-    # rounding can put one ulp outside [0, 1]; this makes both bounds hold exactly.
-    return torch.minimum(torch.maximum(x_adv.detach(), lo), hi)
+    # rounding can put one ulp outside [0, 1], and an L2 norm rounds too; this makes every
+    # bound hold exactly.
+    return project(x, x_adv.detach(), eps, norm)
 
 
-def perturb(model, images, packed, *, optimiser="pgd", eps=5.0, step=1.0, max_iter=15,
-            rand_start=None, cosine=False, generator=None):
-    """Maximise the guided loss over ``images`` within the L-inf ball of radius eps/255.
+def perturb(model, images, packed, *, optimiser="pgd", eps=None, step=None, max_iter=15,
+            rand_start=None, cosine=False, generator=None, norm="linf"):
+    """Maximise the guided loss over ``images`` within the ball of radius eps (``norm``).
 
     The lower-level entry point (e.g. for adversarial training): ``packed`` is the (B, D + 2)
     target from ``pack_guides``; ``optimiser`` one of ``OPTIMISERS`` ("fgsm", "pgd",
     "momentum"); ``rand_start`` a bool or a (B,) bool mask of images to start from a uniform
-    random point of the ball. eps and step in /255 units. Returns images in [0, 1].
+    random point of the ball. ``norm="linf"``: eps and step in /255 units (default 5 and 1);
+    ``norm="l2"``: an L2 radius and step in [0, 1] pixel units of the whole image (default
+    0.5 and 2.5 eps / max_iter); see ``registry.check_budget``. Returns images in [0, 1].
     """
-    eps, step, max_iter = check_budget(eps, step, max_iter)
+    eps, step, max_iter = check_budget(eps, step, max_iter, norm=norm, input_size=images.shape[-2:])
     if optimiser not in OPTIMISERS:
         raise ValueError(f"unknown optimiser {optimiser!r}; expected one of {list(OPTIMISERS)}")
     with attack_mode(model):
         return _perturb(model, images.detach(), packed.to(images.device), optimiser, eps, step,
-                        max_iter, rand_start, cosine, generator)
+                        max_iter, rand_start, cosine, generator, norm)
 
 
 def _rows(batch_indices, batch_size, plan):
@@ -115,21 +149,25 @@ def _rows(batch_indices, batch_size, plan):
     return rows
 
 
-def attack_batch(model, images, plan, batch_indices, *, eps=5.0, step=1.0, max_iter=15,
-                 generator=None, return_features=True):
+def attack_batch(model, images, plan, batch_indices, *, eps=None, step=None, max_iter=15,
+                 generator=None, return_features=True, norm="linf"):
     """Attack one batch of the attacked set.
 
     images (B, 3, H, W) in [0, 1]; ``batch_indices``: their positions in the attacked set
-    (tensor, list, range or slice), i.e. rows of ``plan``. eps / step in /255 units.
+    (tensor, list, range or slice), i.e. rows of ``plan``. eps / step in /255 units for
+    ``norm="linf"``, in L2 units of [0, 1] pixels for ``"l2"`` (see ``perturb``).
     ``generator`` draws the random starts (None: the global RNG).
 
     Returns ``(adv_images, adv_features)``: adv_images (B, 3, H, W) in [0, 1] with
-    |adv - images| <= eps/255; images the plan does not attack (pid <= 0) come back
+    |adv - images| <= eps/255 (L-inf) or ||adv - images||_2 <= eps per image (L2); images
+    the plan does not attack (pid <= 0) come back
     unchanged, with their clean features from the plan. adv_features (B, D) are the model's
     raw outputs (not normalised), from one no-grad forward pass on the attacked images
     (None if ``return_features`` is False).
     """
-    eps, step, max_iter = check_budget(eps, step, max_iter)
+    eps, step, max_iter = check_budget(eps, step, max_iter, norm=norm, input_size=images.shape[-2:])
+    if hasattr(plan, "apply") and norm != "linf":
+        raise ValueError("universal perturbations are L-inf only")
     device = images.device
     rows = _rows(batch_indices, len(images), plan)
     adv = images.detach().clone()
@@ -143,7 +181,7 @@ def attack_batch(model, images, plan, batch_indices, *, eps=5.0, step=1.0, max_i
             x_adv = plan.apply(adv[local], rows)
         else:
             x_adv = _perturb(model, adv[local], plan.packed(rows).to(device), plan.spec.optimiser,
-                             eps, step, max_iter, plan.rand_start[rows], plan.cosine, generator)
+                             eps, step, max_iter, plan.rand_start[rows], plan.cosine, generator, norm)
         if return_features:
             with torch.no_grad():
                 feats[local] = model(x_adv).to(feats.dtype)

@@ -19,6 +19,7 @@ Pulling rules (moved towards):
   ``"random_centroid"``    the centroid of another identity drawn at random.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -123,37 +124,113 @@ def check_single(name, single):
     return name
 
 
-def check_budget(eps=5.0, step=1.0, max_iter=15, flags=("--eps", "--step", "--max_iter")):
-    """Validate the budget in /255 units; return (eps, step) as fractions of 1 and max_iter.
+NORMS = ("linf", "l2")
+DEFAULT_EPS = {"linf": 5.0, "l2": 0.5}
+"""The budget when none is given: L-inf 5/255; L2 a radius of 0.5 in [0, 1] pixel units."""
+DEFAULT_STEP = {"linf": 1.0, "l2": "auto"}
+"""The step when none is given: L-inf 1/255 (the reference code's); L2 the ``auto`` rule."""
+AUTO_STEP_FACTOR = 2.5
 
-    ``flags``: the option names the error messages cite (train.py's GOAT flags differ).
+
+def auto_step(eps, max_iter):
+    """``--step auto``: 2.5 eps / max_iter in the budget's own units, for both norms.
+
+    Madry et al.'s rule (ICLR 2018): the iterations can travel 2.5 radii, enough to cross the
+    ball from a random start and still move along its boundary, whatever eps and max_iter a
+    sweep uses (a fixed 1/255 would cross a 1/255 ball in one step and need 16 steps for 16/255).
     """
-    eps_flag, step_flag, iter_flag = flags
+    return AUTO_STEP_FACTOR * float(eps) / int(max_iter)
+
+
+def image_diameter(input_size):
+    """The largest L2 distance between two images of ``input_size`` (H, W) in [0, 1]: sqrt(3 H W)."""
+    height, width = input_size
+    return math.sqrt(3 * int(height) * int(width))
+
+
+def check_norm(norm, flag="--norm"):
+    if norm not in NORMS:
+        raise ReidError(f"{flag} {norm}: expected one of {', '.join(NORMS)}")
+    return norm
+
+
+def parse_step(flag, value):
+    """A step flag's value as given on the command line: None, ``"auto"`` or a finite number."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None if value is None else "auto"
     try:
-        eps, step = float(eps), float(step)
+        number = float(value)
     except (TypeError, ValueError):
-        raise ReidError(f"{eps_flag} {eps!r} / {step_flag} {step!r}: expected numbers") from None
-    if not 0 < eps <= 255:
-        raise ReidError(f"{eps_flag} {eps:g}: must be in (0, 255] (an L-inf budget in /255 units)")
-    if not step > 0:
-        raise ReidError(f"{step_flag} {step:g}: must be > 0 (in /255 units)")
+        raise ReidError(f"{flag} {value}: expected a number or auto") from None
+    if not math.isfinite(number):
+        raise ReidError(f"{flag} {value}: expected a finite number")
+    return number
+
+
+def resolve_step(step, eps, max_iter, norm="linf"):
+    """The numeric step (in the budget's units) of ``step``: a number, ``"auto"`` (see
+    ``auto_step``) or None (the norm's default, ``DEFAULT_STEP``)."""
+    if step is None:
+        step = DEFAULT_STEP[norm]
+    return auto_step(eps, max_iter) if isinstance(step, str) and step.lower() == "auto" else step
+
+
+def check_budget(eps=None, step=None, max_iter=15, flags=("--eps", "--step", "--max_iter", "--norm"),
+                 norm="linf", input_size=None):
+    """Validate a budget; return (eps, step) in [0, 1] pixel units and max_iter.
+
+    ``norm="linf"``: eps and step in /255 units, eps in (0, 255]. ``norm="l2"``: eps is the
+    radius of the ball in [0, 1] pixel units of the whole image (the L2 norm of the
+    perturbation over its 3 x H x W values), in (0, sqrt(3 H W)] when ``input_size`` (H, W) is
+    known, and step is in the same units. eps None: the norm's default (``DEFAULT_EPS``);
+    step None or ``"auto"``: see ``resolve_step``. ``flags``: the option names the error
+    messages cite (train.py's GOAT flags differ).
+    """
+    eps_flag, step_flag, iter_flag, norm_flag = flags
+    check_norm(norm, norm_flag)
     try:
         bad = isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 1
     except (TypeError, ValueError):
         bad = True
     if bad:
         raise ReidError(f"{iter_flag} {max_iter}: must be an integer >= 1")
-    return eps / 255.0, step / 255.0, int(max_iter)
+    eps = DEFAULT_EPS[norm] if eps is None else eps
+    try:
+        eps = float(eps)
+        step = float(resolve_step(step, eps, max_iter, norm))
+    except (TypeError, ValueError):
+        raise ReidError(f"{eps_flag} {eps!r} / {step_flag} {step!r}: expected numbers "
+                        "(a step may also be auto)") from None
+    if norm == "linf" and not 0 < eps <= 255:
+        raise ReidError(f"{eps_flag} {eps:g}: must be in (0, 255] (an L-inf budget in /255 units)")
+    if norm == "l2":
+        top = math.inf if input_size is None else image_diameter(input_size)
+        if not 0 < eps <= top:
+            at = "" if input_size is None else (f", the diameter of a {input_size[0]}x{input_size[1]} image, "
+                                                "sqrt(3*H*W)")
+            raise ReidError(f"{eps_flag} {eps:g}: an L2 radius must be in (0, {top:.4g}]{at} "
+                            "(in [0, 1] pixel units)")
+    if not (step > 0 and math.isfinite(step)):
+        unit = "/255 units" if norm == "linf" else "L2 units"
+        raise ReidError(f"{step_flag} {step:g}: must be > 0 (in {unit}) or auto")
+    scale = 255.0 if norm == "linf" else 1.0
+    return eps / scale, step / scale, int(max_iter)
 
 
-def check_attack_args(names, single=False, eps=5.0, step=1.0, max_iter=15):
+def check_attack_args(names, single=False, eps=None, step=None, max_iter=15, norm="linf", input_size=None):
     """Validate every user-facing attack option at once (call it before doing any work).
 
     Returns the canonical list of names. ``single`` is checked per name; with ``all`` it
-    raises too, since most attacks have no single-guide form.
+    raises too, since most attacks have no single-guide form. ``eps``: one budget or a list
+    (a sweep), each checked. Universal perturbations are L-inf only.
     """
     resolved = resolve_attack_names(names)
     for name in resolved:
         check_single(name, single)
-    check_budget(eps, step, max_iter)
+    for value in (eps if isinstance(eps, (list, tuple)) else [eps]):
+        check_budget(value, step, max_iter, norm=norm, input_size=input_size)
+    universal = [n for n in resolved if n in UNIVERSAL_ATTACKS]
+    if norm != "linf" and universal:
+        raise ReidError(f"--norm {norm}: {universal[0]} is a universal L-inf perturbation; "
+                        f"run it with --norm linf")
     return resolved
