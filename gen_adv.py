@@ -6,6 +6,8 @@ with any model as `reid.evaluate_robustness`).
 
 Reference usage:
   python gen_adv.py models/checkpoints DATA model.th --dataset market --classif -a FNA --eps 5
+A budget sweep with the worst case per query (robustness.csv / robustness.png):
+  python gen_adv.py models/checkpoints DATA model.th -a FGSM IFGSM SMA FNA --eps 1 2 4 8 --step auto
 """
 
 import argparse
@@ -36,8 +38,14 @@ def parse_args(argv=None):
     p.add_argument("-a", "--attack", nargs="+", default=["clean"], metavar="NAME",
                    help=f"one or several of {', '.join(ATTACK_NAMES + tuple(UNIVERSAL_ATTACKS))}, clean, "
                         "or all (every per-image attack; default clean)")
-    p.add_argument("--eps", type=float, default=DEFAULTS.eps, help="L-inf budget in /255 (default 5)")
-    p.add_argument("--step", type=float, default=DEFAULTS.step, help="step of iterative attacks in /255 (default 1)")
+    p.add_argument("--eps", type=float, nargs="+", metavar="EPS",
+                   help="budget(s): L-inf in /255 (default 5), L2 a radius in [0, 1] pixel units of the whole "
+                        "image (default 0.5); several values run every attack at each (a sweep)")
+    p.add_argument("--step", metavar="STEP|auto",
+                   help="step of iterative attacks in the budget's units, or auto = 2.5 eps / max_iter "
+                        "(default: 1/255 for linf, auto for l2)")
+    p.add_argument("--norm", default=DEFAULTS.norm, metavar="{linf,l2}",
+                   help="threat model of the per-image attacks: linf (default) or l2")
     p.add_argument("--max_iter", type=int, default=DEFAULTS.max_iter, help="iterations of iterative attacks (default 15)")
     p.add_argument("--single", action="store_true", help="FGSM/IFGSM/MIFGSM: one random same-identity guide")
     p.add_argument("--guide-weights", default=DEFAULTS.guide_weights, choices=WEIGHTINGS,
@@ -72,7 +80,8 @@ def parse_args(argv=None):
     for flag, value, low in (("--height", args.height, 16), ("--width", args.width, 16),
                              ("-e", args.embedding_size, 1)):
         check_number(flag, value, low)  # None (not given) passes
-    args.attack = check_options(Options.from_namespace(args)).attack
+    checked = check_options(Options.from_namespace(args))
+    args.attack, args.eps, args.step, args.norm = checked.attack, checked.eps, checked.step, checked.norm
     check_input_dir(args.checkpoints_folder, "checkpoints_folder")
     check_input_dir(args.dataset_folder, "dataset folder")
     return args

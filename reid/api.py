@@ -13,7 +13,7 @@ import json
 import os
 import platform
 from dataclasses import asdict, dataclass, field, fields
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import numpy as np
 import scipy.io
@@ -22,12 +22,14 @@ import torchvision
 from PIL import Image
 
 import reid
-from reid.attacks import (UNIVERSAL_ATTACKS, UapConfig, check_attack_args, load_uap, save_uap,
-                          universal_plan)
+from reid.attacks import (DEFAULT_EPS, DEFAULT_STEP, UNIVERSAL_ATTACKS, UapConfig, check_attack_args, check_budget,
+                          check_norm, load_uap, parse_step, resolve_step, save_uap, universal_plan)
 from reid.data import build_transforms, eval_loader, load_dataset, read_image
 from reid.engine import Split, attack_split, learn_universal, metrics_table, split_metrics, summarize_runs
 from reid.features import extract_features
 from reid.metrics import pairwise_distance
+from reid.report import CLEAN, worst_entry, write_report
+from reid.report import rows as report_rows
 from reid.utils import (MAX_SEED, ReidError, atomic_path, check_input_dir, check_number, check_writable_dir,
                         link_or_copy, resolve_device, seed_everything)
 from reid.viz import perturbation_figure, ranking_figure
@@ -43,9 +45,10 @@ class Options:
     attack: List[str] = field(default_factory=list)  # attack names; [] = clean only
     dataset: str = "market"
     cosine: bool = False
-    eps: float = 5.0
-    step: float = 1.0
+    eps: Union[None, float, List[float]] = None  # one budget, or several (a sweep); None: the norm's default
+    step: Union[None, float, str] = None  # a number, "auto" (2.5 eps / max_iter) or None (the norm's default)
     max_iter: int = 15
+    norm: str = "linf"  # threat model: "linf" (eps in /255) or "l2" (an L2 radius in [0, 1] pixel units)
     single: bool = False
     guide_weights: str = "reference"
     gallery: bool = False
@@ -77,13 +80,47 @@ class Options:
 OPTION_NAMES = tuple(f.name for f in fields(Options))
 
 
+def eps_values(eps, norm="linf"):
+    """The budgets of an ``eps`` option: a number, a list (a sweep) or None (the norm's default)."""
+    if eps is None:
+        return [DEFAULT_EPS[norm]]
+    given = list(eps) if isinstance(eps, (list, tuple)) else [eps]
+    if not given:
+        raise ReidError("--eps: expected at least one budget")
+    values = []
+    for value in given:
+        try:
+            values.append(float(value))
+        except (TypeError, ValueError):
+            raise ReidError(f"--eps {value!r}: expected a number") from None
+        check_number("--eps", values[-1])
+    if len(set(values)) < len(values):
+        raise ReidError(f"--eps {' '.join(f'{v:g}' for v in values)}: give each budget once")
+    return values
+
+
+def eps_text(eps, norm):
+    """A budget as printed: 2/255 (L-inf) or 0.5 (L2)."""
+    return f"{eps:g}/255" if norm == "linf" else f"{eps:g} (L2)"
+
+
+def eps_label(name, eps):
+    """The name of a run's files in a sweep: FNA_eps2, FNA_eps0p5 (a MATLAB-safe variable name too)."""
+    return f"{name}_eps{eps:g}".replace(".", "p").replace("-", "m").replace("+", "")
+
+
 def check_options(opts):
     """Validate every option before any heavy work; names the CLI flag in the one-line error.
-    Returns the options with the attack names canonical."""
-    for flag, value in (("--eps", opts.eps), ("--step", opts.step)):
-        check_number(flag, value)  # finite; their ranges are checked with the attacks
+    Returns the options with the attack names canonical, ``eps`` a number (one budget) or a
+    list (a sweep) and ``step`` a number or "auto". An L2 radius is checked against the image
+    diameter by `run_evaluation`, which knows the input size."""
+    opts.norm = check_norm(opts.norm)
+    opts.step = parse_step("--step", opts.step)  # finite; its range is checked with the attacks
+    budgets = eps_values(opts.eps, opts.norm)
     names = [n for a in opts.attack for n in str(a).split(",") if n.strip() and n.strip().lower() != "clean"]
-    opts.attack = check_attack_args(names, opts.single, opts.eps, opts.step, opts.max_iter) if names else []
+    opts.attack = check_attack_args(names, opts.single, budgets, opts.step, opts.max_iter, opts.norm) if names else []
+    opts.eps = budgets[0] if len(budgets) == 1 else budgets  # results.json keeps its one-budget shape
+    opts.step = DEFAULT_STEP[opts.norm] if opts.step is None else opts.step
     for flag, value, low in (("-n", opts.nb_repeat, 1), ("-b", opts.batch_size, 1), ("--workers", opts.workers, 0),
                              ("--visualize", opts.visualize, 0)):
         check_number(flag, value, low)
@@ -116,16 +153,18 @@ class ImageSaver:
     """Adversarial images as PNG under images/<attack>/, a dataset in the input's layout.
 
     The pixels are the clean image at the model's input size, quantised to 8 bits,
-    plus the perturbation rounded to whole /255 steps and clipped to the budget, so
-    the saved file keeps |adv - clean| <= eps in the 8-bit values a later reader sees.
+    plus the perturbation in whole /255 steps: L-inf, rounded and clipped to the budget;
+    L2, each value rounded towards zero, which can only shorten the perturbation. The
+    saved file keeps |adv - clean| <= eps (L-inf) or ||adv - clean||_2 <= eps (L2) in the
+    8-bit values a later reader sees.
     The splits that were not attacked are linked from the dataset, so the folder
     loads with `--dataset market` as it is.
     """
 
-    def __init__(self, out, attack, split, data, eps):
+    def __init__(self, out, attack, split, data, eps, norm="linf"):
         self.root = os.path.join(out, "images", attack)
         self.folder = os.path.join(self.root, DATASET_FOLDERS[split.name])
-        self.samples, self.budget = split.samples, int(np.floor(eps + 1e-6))
+        self.samples, self.budget, self.norm = split.samples, int(np.floor(eps + 1e-6)), norm
         os.makedirs(self.folder, exist_ok=True)
         for other, folder in DATASET_FOLDERS.items():
             if other != split.name and data.name in ("market", "duke"):
@@ -140,7 +179,10 @@ class ImageSaver:
 
     def __call__(self, clean, adv, indices):
         base = (clean * 255).round().short()
-        delta = ((adv - clean) * 255).round().clamp(-self.budget, self.budget).short()
+        if self.norm == "linf":
+            delta = ((adv - clean) * 255).round().clamp(-self.budget, self.budget).short()
+        else:
+            delta = ((adv.double() - clean.double()) * 255).trunc().short()
         pixels = (base + delta).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         for img, i in zip(pixels, indices.tolist()):
             stem = os.path.splitext(os.path.basename(self.samples[i].path))[0]
@@ -208,12 +250,13 @@ def check_uap_flags(opts):
         return
     if opts.uap and len(given) > 1:
         raise ReidError(f"--uap and {given[1]}: a saved perturbation is evaluated as it is, not learned again")
-    uap_config(opts)
+    for eps in eps_values(opts.eps, opts.norm):
+        uap_config(opts, eps)
 
 
-def uap_config(opts):
-    """The UapConfig of the options (checked before any heavy work)."""
-    return UapConfig(loss=opts.uap_loss, eps=opts.eps, epochs=opts.uap_epochs, step=opts.uap_step, seed=opts.seed)
+def uap_config(opts, eps):
+    """The UapConfig of the options at budget `eps` (checked before any heavy work)."""
+    return UapConfig(loss=opts.uap_loss, eps=eps, epochs=opts.uap_epochs, step=opts.uap_step, seed=opts.seed)
 
 
 def uap_picture(delta, eps, path):
@@ -224,18 +267,18 @@ def uap_picture(delta, eps, path):
         pic.resize((pic.width * 4, pic.height * 4), Image.NEAREST).save(tmp, format="PNG")
 
 
-def obtain_uap(opts, model, data, input_size, device, out, model_sha256):
-    """The universal perturbation of this run: `--uap FILE` loaded, or learned and saved as
-    uap.pt / uap.png in `out`. Returns (delta, the results.json description)."""
+def obtain_uap(opts, eps, model, data, input_size, device, out, model_sha256, stem="uap"):
+    """The universal perturbation of this run at budget `eps`: `--uap FILE` loaded, or learned
+    and saved as `stem`.pt / `stem`.png in `out`. Returns (delta, the results.json description)."""
     if opts.uap:
         delta, record = load_uap(opts.uap, input_size)
         info = {"file": os.path.abspath(opts.uap), "learned": False, "resized_from": record.get("resized_from"),
                 "file_eps": record["eps"], **{k: record.get(k) for k in ("source_checkpoint_sha256", "dataset",
                                                                         "meta_dataset", "config")}}
-        if record["eps"] > opts.eps + 1e-6:
-            raise ReidError(f"--uap {opts.uap}: its budget {record['eps']:g}/255 exceeds --eps {opts.eps:g}")
+        if record["eps"] > eps + 1e-6:
+            raise ReidError(f"--uap {opts.uap}: its budget {record['eps']:g}/255 exceeds --eps {eps:g}")
         return delta, info
-    config = uap_config(opts)
+    config = uap_config(opts, eps)
     source = load_dataset(opts.uap_source, opts.uap_source_kind or opts.dataset) if opts.uap_source else data
     meta = load_dataset(opts.meta_dataset, opts.meta_dataset_kind or opts.dataset) if opts.meta_dataset else None
     print(f"learning a universal perturbation on {source.root} ({len(source.train)} training images, "
@@ -243,53 +286,60 @@ def obtain_uap(opts, model, data, input_size, device, out, model_sha256):
           f"{', meta dataset ' + meta.root if meta else ''})")
     delta, history, seconds = learn_universal(model, source, config, input_size, meta=meta,
                                               batch_size=opts.batch_size, workers=opts.workers, device=device)
-    info = {"file": os.path.abspath(os.path.join(out, "uap.pt")), "learned": True, "resized_from": None,
+    info = {"file": os.path.abspath(os.path.join(out, stem + ".pt")), "learned": True, "resized_from": None,
             "source_checkpoint_sha256": model_sha256, "dataset": source.root,
             "meta_dataset": meta.root if meta else None, "config": asdict(config), "history": history,
             "learn_seconds": seconds}
     save_uap(info["file"], delta, config, source_checkpoint_sha256=model_sha256, dataset=source.root,
              meta_dataset=info["meta_dataset"])
-    uap_picture(delta, config.eps, os.path.join(out, "uap.png"))
+    uap_picture(delta, config.eps, os.path.join(out, stem + ".png"))
     return delta, info
 
 
-def run_attack(opts, name, model, loader, query, gallery, data, out, device, picked, transform, arrays,
-               delta=None):
-    """`-n` runs of one attack; returns its results.json entry. `delta`: the UAP's."""
+def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device, picked, transform, arrays,
+               delta=None, label=None):
+    """`-n` runs of one attack at budget `eps`; returns its results.json entry and, per run,
+    the per-query values of `evaluate_rank` (the worst case's candidates). `delta`: the UAP's;
+    `label`: the name of its files (default `name`)."""
+    label = label or name
+    step = resolve_step(opts.step, eps, opts.max_iter, opts.norm)
     target, other = (gallery, query) if opts.gallery else (query, gallery)
     metric = "cosine" if opts.cosine else "euclidean"
-    runs, stats = [], []
+    runs, stats, per_query = [], [], []
     # A learned delta is the same in every run: one run; noise is redrawn per run.
     for run in range(1 if name == "UAP" else opts.nb_repeat):
         first = run == 0
-        saver = ImageSaver(out, name, target, data, opts.eps) if first and opts.save_images else None
-        pictures = (Pictures(out, name, query, gallery, picked, transform, query_attacked=not opts.gallery)
+        saver = ImageSaver(out, label, target, data, eps, opts.norm) if first and opts.save_images else None
+        pictures = (Pictures(out, label, query, gallery, picked, transform, query_attacked=not opts.gallery)
                     if first and picked else None)
         generator = torch.Generator().manual_seed(opts.seed * 1000003 + run)
         attack = name
         if name in UNIVERSAL_ATTACKS:
-            attack = universal_plan(name, target.feats, target.pids, delta if name == "UAP" else None, opts.eps,
+            attack = universal_plan(name, target.feats, target.pids, delta if name == "UAP" else None, eps,
                                     opts.seed * 1000003 + run)
         adv_feats, st = attack_split(model, loader, target, attack, guides=other if opts.cross_attack else None,
-                                     single=opts.single, cosine=opts.cosine, eps=opts.eps, step=opts.step,
+                                     single=opts.single, cosine=opts.cosine, eps=eps, step=step,
                                      max_iter=opts.max_iter, generator=generator, device=device,
-                                     weighting=opts.guide_weights,
+                                     weighting=opts.guide_weights, norm=opts.norm,
                                      on_batch=chain(saver, pictures))
         adv = {"gallery_feats" if opts.gallery else "query_feats": adv_feats}
-        runs.append(split_metrics(query, gallery, metric, **adv))
+        metrics, values = split_metrics(query, gallery, metric, per_query=True, **adv)
+        runs.append(metrics)
+        per_query.append(values)
         stats.append(st)
         if first:
-            arrays[f"{target.name}_features_adv_{name}"] = adv_feats.cpu().numpy()
+            arrays[f"{target.name}_features_adv_{label}"] = adv_feats.cpu().numpy()
         if pictures is not None:
             qf = adv.get("query_feats", query.feats)
             gf = adv.get("gallery_feats", gallery.feats)
             pictures.write(pairwise_distance(query.feats, gallery.feats, metric).cpu(),
                            pairwise_distance(qf, gf, metric).cpu())
-    return {**summarize_runs(runs), "runs": runs,
-            "max_perturbation": max(s["max_perturbation"] for s in stats),
-            "attack_seconds": float(np.mean([s["attack_seconds"] for s in stats])),
-            "images_attacked": stats[0]["images_attacked"], "fallback_images": stats[0]["fallback_images"],
-            "iterations": stats[0]["iterations"], "target": target.name, "eps": opts.eps, "step": opts.step}
+    entry = {**summarize_runs(runs), "runs": runs,
+             "max_perturbation": max(s["max_perturbation"] for s in stats),
+             "attack_seconds": float(np.mean([s["attack_seconds"] for s in stats])),
+             "images_attacked": stats[0]["images_attacked"], "fallback_images": stats[0]["fallback_images"],
+             "iterations": stats[0]["iterations"], "target": target.name, "eps": eps, "step": step}
+    return entry, per_query
 
 
 def default_out(stem, dataset):
@@ -299,17 +349,26 @@ def default_out(stem, dataset):
 def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha256=None, config=None):
     """The evaluation of `model` (on `device`, in eval mode) on a dataset, with checked
     `opts` (an `Options`, `opts.out` set). `config`: extra entries of results.json's
-    config (e.g. the checkpoint's). Writes and returns the results.json dict."""
+    config (e.g. the checkpoint's). Runs every attack at every budget of `opts.eps`; with
+    more than one candidate (attacks x runs) adds the worst case per query at each budget
+    (`reid.report`), and with a sweep or a worst case writes robustness.csv / .png. Writes
+    and returns the results.json dict."""
     out = opts.out
+    budgets = eps_values(opts.eps, opts.norm)
+    sweep = len(budgets) > 1
+    for eps in budgets if opts.attack else ():  # an L2 radius against this input size's diameter
+        check_budget(eps, opts.step, opts.max_iter, norm=opts.norm, input_size=input_size)
     seed_everything(opts.seed)
     data = load_dataset(dataset_folder, opts.dataset)
     height, width = input_size
     metric = "cosine" if opts.cosine else "euclidean"
 
-    delta = uap_info = None
+    deltas = {}
     if "UAP" in opts.attack:  # loaded (and checked) or learned before the evaluation
         os.makedirs(out, exist_ok=True)
-        delta, uap_info = obtain_uap(opts, model, data, (height, width), device, out, model_sha256)
+        for eps in budgets:
+            deltas[eps] = obtain_uap(opts, eps, model, data, (height, width), device, out, model_sha256,
+                                     stem=eps_label("uap", eps) if sweep else "uap")
 
     tf = build_transforms(height, width, train=False)
     loaders = {name: eval_loader(getattr(data, name), tf, opts.batch_size, opts.workers)
@@ -337,33 +396,52 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
         rng = np.random.default_rng(opts.seed)
         picked = rng.choice(len(query.pids), min(opts.visualize, len(query.pids)), replace=False).tolist()
     loader = loaders["gallery" if opts.gallery else "query"]
-    for name in opts.attack:
-        entry = run_attack(opts, name, model, loader, query, gallery, data, out, device, picked, tf, arrays, delta)
-        if name == "UAP":
-            entry["uap"] = uap_info
-        results["attacks"][name] = entry
-        write_json(os.path.join(out, "results.json"), results)  # after each attack: nothing lost
-        print(f"{name}: mAP {100 * entry['mean']['mAP']:.2f} ({entry['images_attacked']} images attacked, "
-              f"{entry['attack_seconds']:.1f} s)")
+    target = "gallery" if opts.gallery else "query"
+    worst = []
+    for eps in budgets:
+        candidates = []
+        for name in opts.attack:
+            delta, uap_info = deltas.get(eps, (None, None))
+            entry, per_query = run_attack(opts, name, eps, model, loader, query, gallery, data, out, device, picked,
+                                          tf, arrays, delta, label=eps_label(name, eps) if sweep else name)
+            if name == "UAP":
+                entry["uap"] = uap_info
+            if sweep:
+                results["attacks"].setdefault(name, {"by_eps": []})["by_eps"].append(entry)
+            else:
+                results["attacks"][name] = entry
+            candidates += [(name, run, values) for run, values in enumerate(per_query)]
+            write_json(os.path.join(out, "results.json"), results)  # after each attack: nothing lost
+            print(f"{name}{f' at eps {eps_text(eps, opts.norm)}' if sweep else ''}: mAP "
+                  f"{100 * entry['mean']['mAP']:.2f} ({entry['images_attacked']} images attacked, "
+                  f"{entry['attack_seconds']:.1f} s)")
+        if len(candidates) > 1:
+            worst.append(worst_entry(candidates, eps, target))
+            results["worst"] = {"by_eps": worst} if sweep else worst[0]
     write_json(os.path.join(out, "results.json"), results)
     if opts.save_features:
         write_features(out, arrays)
     print(data.summary())
-    rows = [("clean", clean)] + [(n, r["mean"]) for n, r in results["attacks"].items()]
-    print(f"\n{'query' if not opts.gallery else 'gallery'} attacks, eps {opts.eps:g}/255, "
-          f"{opts.max_iter} iterations, {opts.nb_repeat} run(s), {metric} distance")
-    print(metrics_table(rows))
+    table = report_rows(results)
+    for eps in budgets if opts.attack else budgets[:1]:
+        rows = [(CLEAN, clean)] + [(name, m) for name, e, m in table if name != CLEAN and e == eps]
+        print(f"\n{target} attacks, eps {eps_text(eps, opts.norm)}, {opts.max_iter} iterations, "
+              f"{opts.nb_repeat} run(s), {metric} distance")
+        print(metrics_table(rows))
     print(f"results -> {os.path.join(out, 'results.json')}")
+    if sweep or worst:
+        print(f"report -> {', '.join(write_report(results, out))}")
     return results
 
 
-def evaluate_robustness(model, dataset_folder, attacks=(), dataset="market", eps=5.0, input_size=(256, 128),
+def evaluate_robustness(model, dataset_folder, attacks=(), dataset="market", eps=None, input_size=(256, 128),
                         out=None, **options):
     """Evaluate any `torch.nn.Module` mapping images in [0, 1] (B, 3, H, W) to features (B, D)
     clean and under `attacks` (names of gen_adv.py's `-a`), on the dataset at
-    `dataset_folder` (layout `dataset`), at `input_size` (H, W). `options`: the other
-    gen_adv.py options by their long names with underscores (see `Options`: step, max_iter,
-    nb_repeat, seed, device, save_images, uap, ...). Writes results.json into `out` (default
+    `dataset_folder` (layout `dataset`), at `input_size` (H, W), at budget `eps` (a number,
+    or a list for a sweep; default 5/255, or 0.5 with norm="l2"). `options`: the other
+    gen_adv.py options by their long names with underscores (see `Options`: step, norm,
+    max_iter, nb_repeat, seed, device, save_images, uap, ...). Writes results.json into `out` (default
     attacks/<model class>-<dataset>-<time>/) and returns its dict."""
     unknown = sorted(set(options) - set(OPTION_NAMES))
     if unknown:

@@ -264,6 +264,19 @@ def test_the_papers_goat_command_parses_as_written():
     assert train.parse_args("DATA --triplet --id_batch --adv".split()).goat.push == "batch"
 
 
+def test_adv_norm_flags():
+    import train
+    goat = train.parse_args("DATA --adv --sma --adv-norm l2 --adv-iters 5".split()).goat
+    assert (goat.norm, goat.eps, goat.step) == ("l2", 0.5, 0.25)
+    goat = train.parse_args("DATA --adv --sma --adv-eps 8 --adv-step auto --adv-iters 10".split()).goat
+    assert (goat.norm, goat.eps, goat.step) == ("linf", 8.0, 2.0)
+    for argv, needle in (("DATA --adv-norm l2", "GOAT options need --adv"),
+                         ("DATA --adv --sma --adv-norm L2", "--adv-norm L2: expected one of linf, l2"),
+                         ("DATA --adv --sma --adv-step often", "--adv-step often: expected a number or auto")):
+        with pytest.raises(ReidError, match=needle):
+            train.parse_args(argv.split())
+
+
 def test_goat_in_batch_guides_for_a_triplet_model(synthetic_dataset, tmp_path):
     """`--adv` with P x K batches needs no pool: guides are the identity's other instances."""
     proc = run_cli("train.py", synthetic_dataset, "--triplet", "--soft", "--id_batch", "-ni", 4, "-b", 16,

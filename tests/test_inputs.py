@@ -298,11 +298,25 @@ def test_train_numeric_flags(args, message):
     (["-a", "FNA", "--max_iter", "0"], "--max_iter 0: must be an integer >= 1"),
     (["-a", "FNA", "--eps", "0"], "--eps 0: must be in (0, 255]"),
     (["-a", "FNA", "--step", "-1"], "--step -1: must be > 0"),
+    (["-a", "FNA", "--step", "fast"], "--step fast: expected a number or auto"),
+    (["-a", "FNA", "--eps", "2", "2"], "--eps 2 2: give each budget once"),
+    (["-a", "FNA", "--eps", "1", "nan"], "--eps nan: expected a finite number"),
+    (["-a", "FNA", "--norm", "l2", "--eps", "-0.5"], "--eps -0.5: an L2 radius must be in (0, inf]"),
+    (["-a", "SMA", "noise", "--norm", "l2"], "--norm l2: noise is a universal L-inf perturbation"),
 ])
 def test_gen_adv_numeric_flags(args, message):
     with pytest.raises(ReidError) as info:
         gen_adv_args(*args)
     assert str(info.value).startswith(message)
+
+
+def test_gen_adv_budget_flags_are_normalised():
+    args = gen_adv_args("-a", "SMA", "--eps", "2")
+    assert (args.eps, args.step, args.norm) == (2.0, 1.0, "linf")  # one budget: a number, as before
+    args = gen_adv_args("-a", "SMA", "--eps", "1", "4", "--step", "AUTO")
+    assert (args.eps, args.step) == ([1.0, 4.0], "auto")
+    args = gen_adv_args("-a", "SMA", "--norm", "l2")
+    assert (args.eps, args.step) == (0.5, "auto")  # the L2 defaults
 
 
 def test_gen_adv_size_flags_are_kept():

@@ -11,10 +11,15 @@ from reid.metrics import evaluate_rank, pairwise_distance
 from reid.utils import ReidError
 
 
-def brute_force(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, ap="market"):
-    """The textbook way: sort each query's gallery, drop invalid items, walk the list."""
+def brute_force(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, ap="market", per_query=None):
+    """The textbook way: sort each query's gallery, drop invalid items, walk the list.
+
+    `per_query`: a dict that receives, per query, its AP, INP and first-hit rank (None, None,
+    0 for a query without a valid match)."""
     cmc_counts = np.zeros(max_rank)
     aps, inps = [], []
+    for key in ("ap", "inp", "first_rank") if per_query is not None else ():
+        per_query[key] = []
     for q in range(len(q_pids)):
         order = np.argsort(distmat[q], kind="stable")
         ranked_hits = []
@@ -24,6 +29,8 @@ def brute_force(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, ap="ma
             ranked_hits.append(g_pids[g] == q_pids[q])
         hit_ranks = [r + 1 for r, hit in enumerate(ranked_hits) if hit]
         if not hit_ranks:
+            for key, value in zip(("ap", "inp", "first_rank"), (None, None, 0)) if per_query is not None else ():
+                per_query[key].append(value)
             continue
         terms = []
         for i, r in enumerate(hit_ranks, start=1):
@@ -34,6 +41,9 @@ def brute_force(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, ap="ma
             terms.append(precision)
         aps.append(sum(terms) / len(terms))
         inps.append(len(hit_ranks) / hit_ranks[-1])
+        for key, value in zip(("ap", "inp", "first_rank"), (aps[-1], inps[-1], hit_ranks[0])) \
+                if per_query is not None else ():
+            per_query[key].append(value)
         for k in range(max_rank):
             if hit_ranks[0] <= k + 1:
                 cmc_counts[k] += 1
@@ -85,6 +95,27 @@ def test_random_cases_match_brute_force(seed, kind, ap):
     result = quiet(evaluate_rank, *case, max_rank=10, ap=ap)
     assert result["cmc"].shape == (10,)
     assert_same(result, expected)
+
+
+@pytest.mark.parametrize("kind", ["float32", "ties"])
+@pytest.mark.parametrize("seed", range(4))
+def test_per_query_values_match_brute_force(seed, kind):
+    case = random_case(seed, kind=kind)
+    expected = {}
+    quiet(brute_force, *case, per_query=expected)
+    result = quiet(evaluate_rank, *case, max_rank=5, per_query=True)
+    got = result["per_query"]
+    valid = np.array([v is not None for v in expected["ap"]])
+    assert set(got) == {"ap", "inp", "first_rank"} and all(len(v) == len(case[1]) for v in got.values())
+    assert np.isnan(got["ap"][~valid]).all() and np.isnan(got["inp"][~valid]).all()
+    assert (got["first_rank"][~valid] == 0).all()
+    for key in ("ap", "inp"):
+        np.testing.assert_allclose(got[key][valid], np.array(expected[key], dtype=object)[valid].astype(float),
+                                   rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(got["first_rank"], expected["first_rank"])
+    # the means come back from the per-query values alone
+    again = metrics.rank_summary(got["first_rank"][valid], got["ap"][valid], got["inp"][valid], max_rank=5)
+    assert_same(again, {k: v for k, v in result.items() if k != "per_query"})
 
 
 @pytest.mark.parametrize("kind", ["float32", "ties"])
