@@ -178,7 +178,8 @@ def attack_split(model, loader, target, name, *, guides=None, single=False, cosi
             on_batch(images, adv, idx)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
-    stats = {"max_perturbation": float(largest) * (255.0 if norm == "linf" else 1.0), "attack_seconds": time.perf_counter() - start,
+    stats = {"max_perturbation": float(largest) * (255.0 if norm == "linf" else 1.0),
+             "attack_seconds": time.perf_counter() - start,
              "images_attacked": plan.num_attacked, "fallback_images": plan.num_fallback,
              "iterations": plan.iterations(max_iter)}
     return adv_feats, stats

@@ -2,7 +2,8 @@
 
 Each training batch is replaced by its adversarial version before the training step. The
 attack is the one of ``reid.attacks`` (PGD from a random start on the guided loss, through
-``perturb``; L-inf by default, L2 with ``--adv-norm l2``): only the guides are GOAT's own. Where the pushing guides come from:
+``perturb``; L-inf by default, L2 with ``--adv-norm l2``): only the guides are GOAT's own.
+Where the pushing guides come from:
 
   ``self``   SMA: the image's own clean feature (``--adv --sma``), no pool needed;
   ``pool``   N images of the same identity drawn at random from ``<dataset>/sorted/train``

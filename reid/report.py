@@ -134,13 +134,13 @@ def curves(results):
 
 def robustness_figure(results):
     """The matplotlib figure of `curves`: mAP and rank-1 against eps, clean dashed."""
-    import matplotlib
-    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     data, clean = curves(results)
     norm = norm_of(results)
     fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)  # the Agg renderer, without pyplot or a change of the user's backend
     for ax, (key, label) in zip(fig.subplots(1, 2), (("mAP", "mAP (%)"), ("rank1", "rank-1 (%)"))):
         for name, (xs, ys) in data[key].items():
             worst = name == WORST

@@ -54,7 +54,8 @@ from .universal import (
 __all__ = [
     "ATTACK_NAMES", "ATTACKS", "AttackPlan", "AttackSpec", "DEFAULT_EPS", "DEFAULT_STEP", "GradientAttack",
     "GradientSignAttack", "GuidedLoss", "L2PGDAttack", "LinfPGDAttack", "MomentumIterativeAttack", "NORMS",
-    "auto_step", "check_norm", "image_diameter", "parse_step", "project", "resolve_step", "OPTIMISERS", "attack_batch", "attack_mode",
+    "auto_step", "check_norm", "image_diameter", "parse_step", "project", "resolve_step", "OPTIMISERS",
+    "attack_batch", "attack_mode",
     "canonical_name", "check_attack_args", "check_budget", "check_single", "get_attack_spec",
     "guided_loss", "pack_bank_guides", "pack_guides", "perturb", "plan_attack",
     "resolve_attack_names", "select_guides", "WEIGHTINGS", "UNIVERSAL_ATTACKS", "UAP_LOSSES", "AdditivePlan",
