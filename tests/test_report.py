@@ -11,6 +11,7 @@ import pytest
 
 from reid import report
 from reid.metrics import evaluate_rank
+from reid.utils import cli_main
 from tests.conftest import ROOT
 
 NUM_Q, NUM_G = 14, 60
@@ -134,7 +135,7 @@ def test_sweep_rows_csv_and_figure_data(tmp_path):
     assert "L2" in report.robustness_figure(results).axes[1].get_xlabel()
 
 
-def test_report_cli_reads_a_results_json_from_before_sweeps(tmp_path):
+def test_report_cli_reads_a_results_json_from_before_sweeps(tmp_path, capsys):
     old = {"config": {"eps": 5.0, "step": 1.0}, "clean": metrics(0.6),  # no norm, no worst, one eps
            "attacks": {"FNA": {"mean": metrics(0.1), "runs": [metrics(0.1)], "eps": 5.0},
                        "SMA": {"mean": metrics(0.2), "runs": [metrics(0.2)]}}}  # even without its eps
@@ -146,6 +147,9 @@ def test_report_cli_reads_a_results_json_from_before_sweeps(tmp_path):
     assert [(r[0], r[1], r[2]) for r in table[1:]] == [("FNA", "5", "0.100000"), ("SMA", "5", "0.200000"),
                                                         ("clean", "0", "0.600000")]
     assert (tmp_path / "robustness.png").stat().st_size > 1000
-    path.write_text("{}")
-    proc = subprocess.run([sys.executable, "-m", "reid.report", str(path)], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "results.json" in proc.stderr
+    for text in ("{}", '{"clean": {}, "attacks": {"FNA": {}}}', "not json"):
+        path.write_text(text)
+        with pytest.raises(SystemExit) as exit_code:
+            cli_main(lambda: report.main([str(path)]))
+        err = capsys.readouterr().err
+        assert exit_code.value.code == 2 and len(err.strip().splitlines()) == 1 and "results.json" in err, err
