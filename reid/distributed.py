@@ -289,7 +289,7 @@ def wrap(model, device, sync_bn=False):
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [torch.device(device).index] if torch.device(device).type == "cuda" else None
-    return _Ddp(model, device_ids=ids)
+    return _Ddp(model, device_ids=ids, gradient_as_bucket_view=True)
 
 
 def unwrap(model):
