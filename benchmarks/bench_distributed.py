@@ -70,17 +70,15 @@ def attack_run(opts, data, ckpt_dir, out, nproc):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", help="a Market-layout dataset (default: a synthetic one made in --work)")
-    p.add_argument("--ids", type=int, default=40, help="identities of the synthetic dataset (default 40)")
     p.add_argument("--work", help="scratch folder (default: a temporary one)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--nproc", type=int, default=2, help="processes to compare with one (default 2)")
-    p.add_argument("--threads", type=int, default=1, help="threads per process on the CPU (default 1)")
-    p.add_argument("--height", type=int, default=64)
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--batch", type=int, default=32, help="global batch of training and attack (default 32)")
-    p.add_argument("--workers", type=int, default=0, help="data loading processes per process (default 0)")
     p.add_argument("--attack", default="SMA")
-    p.add_argument("--iters", type=int, default=10)
+    numbers = (("--ids", 40, "identities of the synthetic dataset"), ("--nproc", 2, "processes to compare with one"),
+               ("--threads", 1, "threads per process on the CPU"), ("--height", 64, "input height"),
+               ("--width", 32, "input width"), ("--batch", 32, "batch of training (global) and attack"),
+               ("--workers", 0, "data loading processes per process"), ("--iters", 10, "attack iterations"))
+    for flag, default, text in numbers:
+        p.add_argument(flag, type=int, default=default, help=f"{text} (default {default})")
     p.add_argument("--out", default="benchmarks/bench_distributed.json")
     opts = p.parse_args()
     sys.path.insert(0, ROOT)
