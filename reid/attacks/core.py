@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ..utils import image_generator
 from .guides import select_guides
 from .loss import GuidedLoss
 from .optimisers import OPTIMISERS
@@ -58,8 +59,13 @@ def attack_mode(model):
         model.train(was_training)
 
 
-def _start_point(x, lo, hi, rand_start, eps, generator):
-    """x, with the ``rand_start`` rows moved to a uniform random point of their box."""
+def _start_point(x, lo, hi, rand_start, eps, generator, rows=None):
+    """x, with the ``rand_start`` rows moved to a uniform random point of their box.
+
+    With ``rows`` (the images' positions in the attacked set) and a ``generator``, image i's
+    start is drawn from its own generator, seeded with (``generator.initial_seed()``, i): the
+    same start whatever the batch size or the process that attacks it. Otherwise the starts
+    come from ``generator``'s (or the global) stream, in batch order."""
     if rand_start is None:
         return x
     if isinstance(rand_start, bool):
@@ -67,19 +73,24 @@ def _start_point(x, lo, hi, rand_start, eps, generator):
     sel = rand_start.to(x.device).nonzero().squeeze(1)
     if sel.numel() == 0:
         return x
-    gen_device = generator.device if generator is not None else x.device
-    noise = torch.rand((len(sel),) + tuple(x.shape[1:]), generator=generator,
-                       device=gen_device).to(x.device, x.dtype)
+    if rows is not None and generator is not None:
+        seed = generator.initial_seed()
+        noise = torch.stack([torch.rand(x.shape[1:], generator=image_generator(seed, i))
+                             for i in rows[sel.to(rows.device)].tolist()]).to(x.device, x.dtype)
+    else:
+        gen_device = generator.device if generator is not None else x.device
+        noise = torch.rand((len(sel),) + tuple(x.shape[1:]), generator=generator,
+                           device=gen_device).to(x.device, x.dtype)
     x0 = x.clone()
     x0[sel] = torch.minimum(torch.maximum(x[sel] + (2 * noise - 1) * eps, lo[sel]), hi[sel])
     return x0
 
 
-def _perturb(model, x, packed, optimiser, eps, step, max_iter, rand_start, cosine, generator):
+def _perturb(model, x, packed, optimiser, eps, step, max_iter, rand_start, cosine, generator, rows=None):
     """The core loop, budget already in fractions of 1. Returns the adversarial images."""
     lo = (x - eps).clamp_(min=0.0)
     hi = (x + eps).clamp_(max=1.0)
-    x0 = _start_point(x, lo, hi, rand_start, eps, generator)
+    x0 = _start_point(x, lo, hi, rand_start, eps, generator, rows)
     x_adv = OPTIMISERS[optimiser].run(model, GuidedLoss(cosine), x0, packed, lo, hi,
                                       eps, step, max_iter)
     # One last projection: advertorch's momentum attack returns x0 + delta, which float
@@ -121,7 +132,8 @@ def attack_batch(model, images, plan, batch_indices, *, eps=5.0, step=1.0, max_i
 
     images (B, 3, H, W) in [0, 1]; ``batch_indices``: their positions in the attacked set
     (tensor, list, range or slice), i.e. rows of ``plan``. eps / step in /255 units.
-    ``generator`` draws the random starts (None: the global RNG).
+    Random starts: image i's from a generator seeded with (``generator.initial_seed()``, i),
+    so they do not depend on the batches (None: the global RNG's stream).
 
     Returns ``(adv_images, adv_features)``: adv_images (B, 3, H, W) in [0, 1] with
     |adv - images| <= eps/255; images the plan does not attack (pid <= 0) come back
@@ -143,7 +155,7 @@ def attack_batch(model, images, plan, batch_indices, *, eps=5.0, step=1.0, max_i
             x_adv = plan.apply(adv[local], rows)
         else:
             x_adv = _perturb(model, adv[local], plan.packed(rows).to(device), plan.spec.optimiser,
-                             eps, step, max_iter, plan.rand_start[rows], plan.cosine, generator)
+                             eps, step, max_iter, plan.rand_start[rows], plan.cosine, generator, rows)
         if return_features:
             with torch.no_grad():
                 feats[local] = model(x_adv).to(feats.dtype)
