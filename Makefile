@@ -40,6 +40,7 @@ bench: $(STAMP) $(DEMO_DATA)/query
 	$(PYTHON) benchmarks/bench_attacks.py --threads 1 --images 64 --iters 15 --out benchmarks/bench_attacks.json
 	$(PYTHON) sort_dataset.py $(DEMO_DATA)
 	$(PYTHON) benchmarks/bench_goat.py --dataset $(DEMO_DATA) --threads 1 --workers 1 --out benchmarks/bench_goat.json
+	$(PYTHON) benchmarks/bench_distributed.py --out benchmarks/bench_distributed.json
 
 # Clean vs GOAT models on the synthetic dataset, evaluated under SMA and FNA (about 45 min on 2 CPU cores).
 GOAT_EPOCHS ?= 12

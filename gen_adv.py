@@ -8,16 +8,18 @@ Reference usage:
   python gen_adv.py models/checkpoints DATA model.th --dataset market --classif -a FNA --eps 5
 A budget sweep with the worst case per query (robustness.csv / robustness.png):
   python gen_adv.py models/checkpoints DATA model.th -a FGSM IFGSM SMA FNA --eps 1 2 4 8 --step auto
+Several processes (GPUs, machines): torchrun --nproc_per_node N gen_adv.py ... (see README).
 """
 
 import argparse
 import os
 
+from reid import amp, distributed
 from reid.api import Options, check_options, default_out, run_evaluation
 from reid.attacks import ATTACK_NAMES, UAP_LOSSES, UNIVERSAL_ATTACKS, WEIGHTINGS
 from reid.checkpoint import file_sha256, load_model
 from reid.data import DATASET_NAMES
-from reid.utils import check_input_dir, check_number, check_writable_dir, cli_main, resolve_device
+from reid.utils import check_input_dir, check_number, check_writable_dir, cli_main
 
 DEFAULTS = Options()
 
@@ -64,6 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--out", help="output folder (default attacks/<checkpoint>-<dataset>-<time>/)")
     p.add_argument("--save-features", action="store_true", help="write features.npz and features.mat")
     p.add_argument("--save-images", action="store_true", help="write the adversarial images as PNG")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (features, attack passes)")
     p.add_argument("--visualize", type=int, default=DEFAULTS.visualize, metavar="K",
                    help="ranking pictures for K queries and a perturbation grid per attack")
     uap = p.add_argument_group("universal perturbations (-a UAP / noise; see reid/attacks/universal.py)")
@@ -91,9 +94,11 @@ def main(argv=None):
     args = parse_args(argv)
     opts = Options.from_namespace(args)  # checked by parse_args
     stem = os.path.splitext(os.path.basename(args.filename))[0]
-    opts.out = args.out or default_out(stem, args.dataset)
-    check_writable_dir(opts.out, "--out")  # now, not after extracting every feature
-    device = resolve_device(args.device, args.gpu)
+    device = distributed.setup(args.device, args.gpu)  # under torchrun: this process's device
+    amp.check(args.amp, device)
+    opts.out = args.out or distributed.broadcast_object(default_out(stem, args.dataset))  # rank 0's time
+    if distributed.is_main():  # one process probes (several would race on the same folders)
+        check_writable_dir(opts.out, "--out")  # now, not after extracting every feature
     ckpt_path = os.path.join(args.checkpoints_folder, args.filename)
     model, ckpt = load_model(ckpt_path, args.kind, args.embedding_size)
     ckpt_sha256 = file_sha256(ckpt_path)

@@ -6,6 +6,7 @@ Reference usage (the paper's README):
   python train.py DATA --dataset duke --lr 0.00035 -wd 5e-4 -n 60 -f goat.th -b 32 --classif --pretrained \
       --adv --push --pull        # GOAT (run sort_dataset.py DATA first)
   python train.py DATA -f uap_def.th --classif --uap-adv online   # against universal perturbations
+Several processes (GPUs, machines): torchrun --nproc_per_node N train.py ... (see README).
 """
 
 import argparse
@@ -15,6 +16,7 @@ from dataclasses import asdict
 
 import torch
 
+from reid import amp, distributed
 from reid.attacks import WEIGHTINGS, parse_step
 from reid.checkpoint import load_model, rng_state, save_checkpoint, set_rng_state
 from reid.data import DATASET_NAMES, build_transforms, eval_loader, load_dataset, train_loader
@@ -24,7 +26,7 @@ from reid.engine import Objective, append_jsonl, evaluate, format_metrics, lr_sc
 from reid.goat import Goat, GuidePool, goat_config
 from reid.models import build_model, imagenet_weights_path
 from reid.utils import (MAX_SEED, ReidError, check_input_dir, check_number, check_writable_dir, cli_main,
-                        resolve_device, seed_everything)
+                        seed_everything)
 
 
 def parse_args(argv=None):
@@ -56,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=4, help="data loading processes (default 4)")
     p.add_argument("--checkpoint-dir", default=os.path.join("models", "checkpoints"))
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (and at the last)")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (forward passes, GOAT's attack)")
+    p.add_argument("--sync-bn", action="store_true", help="under torchrun: SyncBatchNorm over the processes (GPUs)")
     goat = p.add_argument_group("GOAT adversarial training (see reid/goat.py)")
     goat.add_argument("--adv", action="store_true", help="train on adversarial batches (GOAT)")
     goat.add_argument("--sma", action="store_true", help="pushing guide: the image's own feature (SMA)")
@@ -120,12 +124,16 @@ def checkpoint_paths(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = resolve_device(args.device, args.gpu)
-    seed_everything(args.seed)
+    device = distributed.setup(args.device, args.gpu)  # under torchrun: this process's device
+    amp.check(args.amp, device)
+    distributed.check_training(device, args.batch_size, args.num_instances if args.id_batch else None,
+                               args.sync_bn, args.uap_adv, args.meta_dataset)
+    seed_everything(args.seed + distributed.rank())  # torchrun: each process its own augmentation / GOAT draws
     best_path, last_path, log_path = checkpoint_paths(args)
-    check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")  # now, not after the first epoch
-    if os.path.dirname(args.filename):
-        check_writable_dir(os.path.dirname(best_path), "-f")
+    if distributed.is_main():  # one process probes (several would race on the same folders)
+        check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")  # now, not after the first epoch
+        if os.path.dirname(args.filename):
+            check_writable_dir(os.path.dirname(best_path), "-f")
     for path in (best_path, last_path, log_path):
         if os.path.isdir(path):
             raise ReidError(f"-f {args.filename}: {path} is a folder")
@@ -188,6 +196,10 @@ def main(argv=None):
         model = build_model(args.kind, data.num_train_pids, args.embedding_size,
                             args.pretrained, args.pretrained_path)
     model.to(device)
+    net = amp.wrap(model, args.amp, device)
+    if args.sync_bn and not distributed.active():
+        print("note: --sync-bn does nothing in a single process")
+    trained = distributed.wrap(net, device, args.sync_bn)  # DistributedDataParallel under torchrun
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = lr_schedule(args.kind, optimizer)
     if args.resume:
@@ -200,7 +212,7 @@ def main(argv=None):
             for _ in range(start_epoch):
                 scheduler.step()
         if "rng" in ckpt:
-            set_rng_state(ckpt["rng"])
+            set_rng_state(distributed.own_rng_state(ckpt))
         print(f"resuming {last_path} at epoch {start_epoch} (best mAP so far {best_map:.4f})")
         if start_epoch >= args.n_epoch:
             print(f"note: {last_path} has already done its {start_epoch} epochs; raise -n to train further")
@@ -222,19 +234,21 @@ def main(argv=None):
     for epoch in range(start_epoch, args.n_epoch):
         t0 = time.perf_counter()
         loader = train_loader(data.train, train_tf, args.batch_size, num_instances, args.workers,
-                              seed=args.seed * 100003 + epoch, companions=pool)
+                              seed=args.seed * 100003 + epoch, companions=pool,
+                              shard=(distributed.rank(), distributed.world_size()))
         hooks = [h for h in (defence, objective) if hasattr(h, "start_epoch")]
         for hook in hooks:
             hook.start_epoch(epoch)
-        stats = train_epoch(model, loader, optimizer, objective, device, epoch,
+        stats = train_epoch(trained, loader, optimizer, objective, device, epoch,
                             prepare_batch=prepare_batch)
+        stats = distributed.average(stats)
         for hook in hooks:
             stats.update(hook.epoch_stats())
         scheduler.step()
         record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats,
                   "train_seconds": time.perf_counter() - t0}
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.n_epoch:
-            metrics = evaluate(model, query_loader, gallery_loader, device)
+            metrics = evaluate(net, query_loader, gallery_loader, device)  # every process extracts its share
             record.update(metrics)
             print(f"epoch {epoch}: loss {stats['loss']:.4f}  {format_metrics(metrics)}")
         else:
@@ -244,11 +258,14 @@ def main(argv=None):
                  "train_pids": data.train_pids, "goat": goat_state,
                  "uap_adv": defence.state() if defence else None}
         current_map = metrics["mAP"] if metrics else -1.0
+        rng = distributed.rng_record(rng_state())  # every process's RNG state, for an exact --resume
+        if not distributed.is_main():
+            continue  # rank 0 alone writes the checkpoints and the log
         if metrics and current_map > best_map:
             best_map = current_map
             save_checkpoint(best_path, model, current_map, epoch, optimizer, best_map=best_map, **extra)
             record["saved_best"] = True
-        save_checkpoint(last_path, model, current_map, epoch, optimizer, best_map=best_map, rng=rng_state(), **extra)
+        save_checkpoint(last_path, model, current_map, epoch, optimizer, best_map=best_map, **rng, **extra)
         append_jsonl(log_path, record)
     print(f"best mAP {best_map:.4f} -> {best_path}; last -> {last_path}; log -> {log_path}")
 

@@ -22,6 +22,7 @@ import torchvision
 from PIL import Image
 
 import reid
+from reid import amp, distributed
 from reid.attacks import (DEFAULT_EPS, DEFAULT_STEP, UNIVERSAL_ATTACKS, UapConfig, check_attack_args, check_budget,
                           check_norm, load_uap, parse_step, resolve_step, save_uap, universal_plan)
 from reid.data import build_transforms, eval_loader, load_dataset, read_image
@@ -70,6 +71,7 @@ class Options:
     uap_source_kind: Optional[str] = None
     meta_dataset: Optional[str] = None
     meta_dataset_kind: Optional[str] = None
+    amp: bool = False
 
     @classmethod
     def from_namespace(cls, namespace):
@@ -134,12 +136,14 @@ def versions():
             "numpy": np.__version__, "python": platform.python_version()}
 
 
+@distributed.main_only
 def write_json(path, obj):
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2)
 
 
+@distributed.main_only
 def write_features(out, arrays):
     """features.npz for Python and features.mat (scipy.io) for MATLAB users."""
     with atomic_path(os.path.join(out, "features.npz")) as tmp:
@@ -158,7 +162,8 @@ class ImageSaver:
     saved file keeps |adv - clean| <= eps (L-inf) or ||adv - clean||_2 <= eps (L2) in the
     8-bit values a later reader sees.
     The splits that were not attacked are linked from the dataset, so the folder
-    loads with `--dataset market` as it is.
+    loads with `--dataset market` as it is. Under torchrun each process saves the images
+    it attacked, and rank 0 links the other splits.
     """
 
     def __init__(self, out, attack, split, data, eps, norm="linf"):
@@ -167,7 +172,7 @@ class ImageSaver:
         self.samples, self.budget, self.norm = split.samples, int(np.floor(eps + 1e-6)), norm
         os.makedirs(self.folder, exist_ok=True)
         for other, folder in DATASET_FOLDERS.items():
-            if other != split.name and data.name in ("market", "duke"):
+            if other != split.name and data.name in ("market", "duke") and distributed.is_main():
                 self._link_originals(data.root, folder)
 
     def _link_originals(self, dataset_root, folder):
@@ -196,29 +201,39 @@ class Pictures:
     attacked images, and for K queries their top-10 gallery before and after the
     attack. For query attacks the attacked query is shown; for gallery attacks the
     ranking is the attacked one but the thumbnails are the clean gallery images.
+    Under torchrun every process keeps what it attacked, `gather` merges it and rank 0
+    draws: the same pictures as one process.
     """
 
     def __init__(self, out, attack, query, gallery, picked, transform, query_attacked, grid_size=8):
         self.out, self.attack, self.query, self.gallery = out, attack, query, gallery
         self.picked, self.transform, self.grid_size = set(picked), transform, grid_size
         self.query_attacked = query_attacked
-        self.clean, self.adv, self.adv_queries = [], [], {}
+        self.grid, self.adv_queries = {}, {}  # index -> (clean, adv); index -> adv
 
     def __call__(self, clean, adv, indices):
         """`attack_split`'s per-batch hook: keep what the pictures need."""
-        have = sum(len(c) for c in self.clean)
-        if have < self.grid_size:
-            self.clean.append(clean[: self.grid_size - have].cpu())
-            self.adv.append(adv[: self.grid_size - have].cpu())
-        for j, i in enumerate(indices.tolist() if self.query_attacked else []):
-            if i in self.picked:
+        for j, i in enumerate(indices.tolist()):
+            if len(self.grid) < self.grid_size:  # the first images attacked, in split order
+                self.grid[i] = (clean[j].cpu(), adv[j].cpu())
+            if self.query_attacked and i in self.picked:
                 self.adv_queries[i] = adv[j].cpu()
+
+    def gather(self):
+        """Every process's kept images (under torchrun; nothing to do otherwise)."""
+        parts = distributed.all_gather_object((self.grid, self.adv_queries))
+        if len(parts) > 1:
+            grid = {i: pair for g, _ in parts for i, pair in g.items()}
+            self.grid = {i: grid[i] for i in sorted(grid)[: self.grid_size]}
+            self.adv_queries = {i: a for _, q in parts for i, a in q.items()}
 
     def _load(self, samples):
         return torch.stack([self.transform(read_image(s.path)) for s in samples])
 
+    @distributed.main_only
     def write(self, clean_dist, adv_dist):
-        perturbation_figure(torch.cat(self.clean), torch.cat(self.adv),
+        pairs = [self.grid[i] for i in sorted(self.grid)]
+        perturbation_figure(torch.stack([c for c, _ in pairs]), torch.stack([a for _, a in pairs]),
                             os.path.join(self.out, f"perturbation_{self.attack}.png"))
         os.makedirs(os.path.join(self.out, "rankings"), exist_ok=True)
         for q in sorted(self.picked):
@@ -269,7 +284,9 @@ def uap_picture(delta, eps, path):
 
 def obtain_uap(opts, eps, model, data, input_size, device, out, model_sha256, stem="uap"):
     """The universal perturbation of this run at budget `eps`: `--uap FILE` loaded, or learned
-    and saved as `stem`.pt / `stem`.png in `out`. Returns (delta, the results.json description)."""
+    and saved as `stem`.pt / `stem`.png in `out`. Returns (delta, the results.json description).
+    Under torchrun every process learns it (the same computation: learning is not sharded)
+    and rank 0's delta, which it alone saves, is the one every process evaluates."""
     if opts.uap:
         delta, record = load_uap(opts.uap, input_size)
         info = {"file": os.path.abspath(opts.uap), "learned": False, "resized_from": record.get("resized_from"),
@@ -286,13 +303,15 @@ def obtain_uap(opts, eps, model, data, input_size, device, out, model_sha256, st
           f"{', meta dataset ' + meta.root if meta else ''})")
     delta, history, seconds = learn_universal(model, source, config, input_size, meta=meta,
                                               batch_size=opts.batch_size, workers=opts.workers, device=device)
+    delta = distributed.broadcast_tensor(delta)
     info = {"file": os.path.abspath(os.path.join(out, stem + ".pt")), "learned": True, "resized_from": None,
             "source_checkpoint_sha256": model_sha256, "dataset": source.root,
             "meta_dataset": meta.root if meta else None, "config": asdict(config), "history": history,
             "learn_seconds": seconds}
-    save_uap(info["file"], delta, config, source_checkpoint_sha256=model_sha256, dataset=source.root,
-             meta_dataset=info["meta_dataset"])
-    uap_picture(delta, config.eps, os.path.join(out, stem + ".png"))
+    if distributed.is_main():
+        save_uap(info["file"], delta, config, source_checkpoint_sha256=model_sha256, dataset=source.root,
+                 meta_dataset=info["meta_dataset"])
+        uap_picture(delta, config.eps, os.path.join(out, stem + ".png"))
     return delta, info
 
 
@@ -330,6 +349,7 @@ def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device
         if first:
             arrays[f"{target.name}_features_adv_{label}"] = adv_feats.cpu().numpy()
         if pictures is not None:
+            pictures.gather()
             qf = adv.get("query_feats", query.feats)
             gf = adv.get("gallery_feats", gallery.feats)
             pictures.write(pairwise_distance(query.feats, gallery.feats, metric).cpu(),
@@ -352,12 +372,18 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
     config (e.g. the checkpoint's). Runs every attack at every budget of `opts.eps`; with
     more than one candidate (attacks x runs) adds the worst case per query at each budget
     (`reid.report`), and with a sweep or a worst case writes robustness.csv / .png. Writes
-    and returns the results.json dict."""
+    and returns the results.json dict.
+
+    Under torchrun (``reid.distributed``) every process runs it: features and attacks are
+    shared out and gathered, metrics computed by rank 0, which alone writes (per-batch
+    adversarial images excepted: each process saves those it made). ``opts.amp``: the model
+    in bfloat16 autocast (``reid.amp``, CUDA only)."""
     out = opts.out
     budgets = eps_values(opts.eps, opts.norm)
     sweep = len(budgets) > 1
     for eps in budgets if opts.attack else ():  # an L2 radius against this input size's diameter
         check_budget(eps, opts.step, opts.max_iter, norm=opts.norm, input_size=input_size)
+    model = amp.wrap(model, opts.amp, device)
     seed_everything(opts.seed)
     data = load_dataset(dataset_folder, opts.dataset)
     height, width = input_size
@@ -385,6 +411,7 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
     config = {**asdict(opts), "dataset_folder": dataset_folder, **(config or {}),
               "model": describe() if callable(describe) else type(model).__name__,
               "input_size": [height, width], "dataset_root": data.root, "metric": metric, "device": str(device),
+              "processes": distributed.world_size(),
               "versions": versions()}
     results = {"config": config, "clean": clean, "attacks": {}}
     arrays = {"query_features": query.feats.cpu().numpy(), "query_pids": query.pids, "query_camids": query.camids,
@@ -430,8 +457,14 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
         print(metrics_table(rows))
     print(f"results -> {os.path.join(out, 'results.json')}")
     if sweep or worst:
-        print(f"report -> {', '.join(write_report(results, out))}")
+        write_robustness(results, out)
     return results
+
+
+@distributed.main_only
+def write_robustness(results, out):
+    """robustness.csv / robustness.png (`reid.report`), written once."""
+    print(f"report -> {', '.join(write_report(results, out))}")
 
 
 def evaluate_robustness(model, dataset_folder, attacks=(), dataset="market", eps=None, input_size=(256, 128),

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reid import distributed
 from reid.attacks import UniversalGuides, attack_batch, learn_uap, plan_attack
 from reid.data import Sample, build_transforms, eval_loader, train_loader
 from reid.features import extract_features
@@ -28,10 +29,14 @@ METRIC_NAMES = ("mAP", "rank1", "rank5", "rank10", "mINP")
 def retrieval_metrics(query_features, gallery_features, q_pids, g_pids, q_camids, g_camids, metric="euclidean",
                       per_query=False):
     """The METRICS dict of DESIGN.md (fractions) for one query / gallery feature pair; with
-    `per_query`, (METRICS, evaluate_rank's per-query AP / INP / first-hit rank arrays)."""
+    `per_query`, (METRICS, evaluate_rank's per-query AP / INP / first-hit rank arrays).
+    Under torchrun, computed once by rank 0 and sent to the other ranks."""
+    if not distributed.is_main():
+        return distributed.broadcast_object(None)
     distmat = pairwise_distance(query_features, gallery_features, metric)
     result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=10, per_query=per_query)
-    return (as_metrics(result), result["per_query"]) if per_query else as_metrics(result)
+    return distributed.broadcast_object((as_metrics(result), result["per_query"]) if per_query
+                                        else as_metrics(result))
 
 
 def as_metrics(result):
@@ -78,7 +83,10 @@ class Objective:
 def train_epoch(model, loader, optimizer, objective, device, epoch, prepare_batch=None):
     """One epoch; `prepare_batch(model, images, labels, *companions)` may replace the batch
     (GOAT), where `companions` are the loader's extra per-sample images, if any: it returns
-    the new images, or (images, labels) when the batch changes size (``reid.defence``)."""
+    the new images, or (images, labels) when the batch changes size (``reid.defence``).
+    Under torchrun ``model`` is the DistributedDataParallel one and the loader yields this
+    process's part of each batch; ``prepare_batch`` gets the module inside, so GOAT's attack
+    runs on this process's images without synchronising anything."""
     model.train()
     total_loss, total_acc, n = 0.0, 0.0, 0
     bar = progress(loader, f"epoch {epoch}")
@@ -86,7 +94,7 @@ def train_epoch(model, loader, optimizer, objective, device, epoch, prepare_batc
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         if prepare_batch is not None:
             companions = [c.to(device, non_blocking=True) for c in companions]
-            images = prepare_batch(model, images, labels, *companions)
+            images = prepare_batch(distributed.unwrap(model), images, labels, *companions)
             if isinstance(images, tuple):
                 images, labels = images
         loss, acc = objective(model, images, labels)
@@ -157,6 +165,10 @@ def attack_split(model, loader, target, name, *, guides=None, single=False, cosi
     (`--cross_attack`). `on_batch(clean, adv, indices)` sees each batch (to save images or
     pictures). Returns the adversarial features (N, D) and run statistics; the statistic
     `max_perturbation` is in the norm's units (L-inf: /255; L2: [0, 1] pixel units).
+
+    Under torchrun every process plans the whole split (the same plan), attacks its block of
+    it (``on_batch`` runs in the process that attacked the batch) and gets every process's
+    adversarial features back.
     """
     plan = name if not isinstance(name, str) else plan_attack(
         name, target.feats, target.pids, None if guides is None else guides.feats,
@@ -166,7 +178,7 @@ def attack_split(model, loader, target, name, *, guides=None, single=False, cosi
     adv_feats = torch.empty_like(target.feats)
     largest = torch.zeros((), dtype=torch.float64, device=device)
     start = time.perf_counter()
-    for images, _, _, idx in progress(loader, name):
+    for images, _, _, idx in progress(distributed.shard_loader(loader), name):
         images = images.to(device, non_blocking=True)
         adv, feats = attack_batch(model, images, plan, idx, eps=eps, step=step, max_iter=max_iter,
                                   generator=generator, norm=norm)
@@ -176,9 +188,11 @@ def attack_split(model, loader, target, name, *, guides=None, single=False, cosi
         largest = torch.maximum(largest, moved.double())
         if on_batch is not None:
             on_batch(images, adv, idx)
+    start_row, stop_row = distributed.shard_bounds(len(adv_feats))
+    adv_feats = distributed.gather_shards(adv_feats[start_row:stop_row])
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
-    stats = {"max_perturbation": float(largest) * (255.0 if norm == "linf" else 1.0),
+    stats = {"max_perturbation": distributed.all_max(largest) * (255.0 if norm == "linf" else 1.0),
              "attack_seconds": time.perf_counter() - start,
              "images_attacked": plan.num_attacked, "fallback_images": plan.num_fallback,
              "iterations": plan.iterations(max_iter)}

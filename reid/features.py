@@ -4,6 +4,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reid import distributed
 from reid.utils import progress
 
 
@@ -12,8 +13,10 @@ def extract_features(model, loader, device, desc="features", normalize=False):
     """Features (N, D) float32 of every image of `loader`, in loader order, on `device`.
 
     Also returns the pids and camids as numpy arrays. The model is put in eval mode
-    and its previous mode restored.
+    and its previous mode restored. Under torchrun each process extracts its block of the
+    split and every process gets the whole (every process must call it).
     """
+    loader = distributed.shard_loader(loader)
     was_training = model.training
     model.eval()
     feats, pids, camids = [], [], []
@@ -24,7 +27,8 @@ def extract_features(model, loader, device, desc="features", normalize=False):
             camids.append(camid)
     finally:
         model.train(was_training)
-    feats = torch.cat(feats)
+    feats = distributed.gather_shards(torch.cat(feats))
+    pids, camids = (distributed.gather_shards(torch.cat(x)) for x in (pids, camids))
     if normalize:
         feats = F.normalize(feats, dim=1)
-    return feats, torch.cat(pids).numpy().astype(np.int64), torch.cat(camids).numpy().astype(np.int64)
+    return feats, pids.numpy().astype(np.int64), camids.numpy().astype(np.int64)

@@ -20,7 +20,8 @@ class ReidError(Exception):
 
 
 def cli_main(main):
-    """Run a CLI entry point: ReidError -> one line on stderr and exit code 2."""
+    """Run a CLI entry point: ReidError -> one line on stderr and exit code 2. Under torchrun
+    the error is also handed to ``reid.distributed.on_error`` (torchrun's report)."""
     try:
         return main()
     except ReidError as err:
@@ -29,10 +30,20 @@ def cli_main(main):
         message = str(err).strip().splitlines()[-1]
         message = message.split("ReidError: ", 1)[-1]
         print(f"error: {message}", file=sys.stderr)
+        _launcher_error(err)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as err:
+        _launcher_error(err)
+        raise
+
+
+def _launcher_error(err):
+    from reid import distributed  # here: reid.distributed imports this module
+
+    distributed.on_error(err)
 
 
 MAX_SEED = 2**32 - 1  # --seed: numpy's range; seed * 1000003 + run still fits torch's generators
@@ -162,6 +173,12 @@ def resolve_device(device="auto", gpu=None):
     return dev
 
 
+def image_generator(seed, index):
+    """A generator of its own for image ``index`` of a run seeded with ``seed``: what is drawn
+    for an image does not depend on the batch it comes in, nor on the process that attacks it."""
+    return torch.Generator().manual_seed((int(seed) * 1000003 + int(index)) % 2**64)
+
+
 def seed_everything(seed):
     """Seed python, numpy and torch so the same seed gives the same numbers on CPU."""
     random.seed(seed)
@@ -256,6 +273,25 @@ class _LogProgress:
         self._line(f"{count} in {time.perf_counter() - start:.1f} s")
 
 
+_PROGRESS = {"enabled": True}
+
+
+def set_progress(enabled):
+    """Switch progress output on or off (off in the processes of a torchrun other than the first)."""
+    _PROGRESS["enabled"] = bool(enabled)
+
+
+class _Silent:
+    def __init__(self, iterable):
+        self.iterable = iterable
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def set_postfix(self, **values):
+        pass
+
+
 def progress(iterable, desc, total=None, interval=10.0):
     """Iterate with progress: a tqdm bar on a terminal, a few plain lines otherwise.
 
@@ -263,6 +299,8 @@ def progress(iterable, desc, total=None, interval=10.0):
     updates would fill the log with thousands of partial lines; a `_LogProgress` writes
     at most four (see there). Both have `set_postfix(**values)`.
     """
+    if not _PROGRESS["enabled"]:
+        return _Silent(iterable)
     if sys.stderr.isatty():
         return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
     return _LogProgress(iterable, desc, total, interval)

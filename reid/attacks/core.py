@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ..utils import image_generator
 from .guides import select_guides
 from .loss import GuidedLoss
 from .optimisers import OPTIMISERS, l2_directions, linf_box, project_l2
@@ -59,12 +60,15 @@ def attack_mode(model):
         model.train(was_training)
 
 
-def _start_point(x, rand_start, eps, norm, generator):
+def _start_point(x, rand_start, eps, norm, generator, rows=None):
     """x, with the ``rand_start`` rows moved to a uniform random point of their ball ∩ [0, 1].
 
     L-inf: uniform in the box. L2: uniform in the ball (a Gaussian direction, radius
     eps * U^(1 / n) for n values per image), then clipped to [0, 1], which only shortens it.
-    """
+    With ``rows`` (the images' positions in the attacked set) and a ``generator``, image i's
+    start is drawn from its own generator, seeded with (``generator.initial_seed()``, i): the
+    same start whatever the batch size or the process that attacks it. Otherwise the starts
+    come from ``generator``'s (or the global) stream, in batch order."""
     if rand_start is None:
         return x
     if isinstance(rand_start, bool):
@@ -72,17 +76,26 @@ def _start_point(x, rand_start, eps, norm, generator):
     sel = rand_start.to(x.device).nonzero().squeeze(1)
     if sel.numel() == 0:
         return x
-    gen_device = generator.device if generator is not None else x.device
-    shape = (len(sel),) + tuple(x.shape[1:])
+    own = None
+    if rows is not None and generator is not None:
+        seed = generator.initial_seed()
+        own = [image_generator(seed, i) for i in rows[sel.to(rows.device)].tolist()]
+
+    def draw(fn, shape):
+        """fn(shape) per selected image, from its own generator or from the shared stream."""
+        if own is not None:
+            return torch.stack([fn(shape, generator=g) for g in own]).to(x.device, x.dtype)
+        gen_device = generator.device if generator is not None else x.device
+        return fn((len(sel),) + shape, generator=generator, device=gen_device).to(x.device, x.dtype)
+
     x0 = x.clone()
     if norm == "linf":
-        noise = torch.rand(shape, generator=generator, device=gen_device).to(x.device, x.dtype)
+        noise = draw(torch.rand, tuple(x.shape[1:]))
         lo, hi = linf_box(x[sel], eps)
         x0[sel] = torch.minimum(torch.maximum(x[sel] + (2 * noise - 1) * eps, lo), hi)
     else:
-        direction = torch.randn(shape, generator=generator, device=gen_device).to(x.device, x.dtype)
-        radius = torch.rand(len(sel), generator=generator, device=gen_device).to(x.device, x.dtype)
-        radius = eps * radius.pow(1.0 / x[0].numel())
+        direction = draw(torch.randn, tuple(x.shape[1:]))
+        radius = eps * draw(torch.rand, ()).pow(1.0 / x[0].numel())
         x0[sel] = project(x[sel], x[sel] + l2_directions(direction) * radius.view(-1, *([1] * (x.dim() - 1))),
                           eps, norm)
     return x0
@@ -109,9 +122,10 @@ def project(x, adv, eps, norm="linf"):
     return out
 
 
-def _perturb(model, x, packed, optimiser, eps, step, max_iter, rand_start, cosine, generator, norm="linf"):
+def _perturb(model, x, packed, optimiser, eps, step, max_iter, rand_start, cosine, generator, norm="linf",
+             rows=None):
     """The core loop, budget already in [0, 1] pixel units. Returns the adversarial images."""
-    x0 = _start_point(x, rand_start, eps, norm, generator)
+    x0 = _start_point(x, rand_start, eps, norm, generator, rows)
     x_adv = OPTIMISERS[optimiser].run(norm)(model, GuidedLoss(cosine), x, x0, packed, eps, step, max_iter)
     # One last projection: advertorch's momentum attack returns x0 + delta, which float
     # rounding can put one ulp outside [0, 1], and an L2 norm rounds too; this makes every
@@ -156,7 +170,8 @@ def attack_batch(model, images, plan, batch_indices, *, eps=None, step=None, max
     images (B, 3, H, W) in [0, 1]; ``batch_indices``: their positions in the attacked set
     (tensor, list, range or slice), i.e. rows of ``plan``. eps / step in /255 units for
     ``norm="linf"``, in L2 units of [0, 1] pixels for ``"l2"`` (see ``perturb``).
-    ``generator`` draws the random starts (None: the global RNG).
+    Random starts: image i's from a generator seeded with (``generator.initial_seed()``, i),
+    so they do not depend on the batches (None: the global RNG's stream).
 
     Returns ``(adv_images, adv_features)``: adv_images (B, 3, H, W) in [0, 1] with
     |adv - images| <= eps/255 (L-inf) or ||adv - images||_2 <= eps per image (L2); images
@@ -181,7 +196,7 @@ def attack_batch(model, images, plan, batch_indices, *, eps=None, step=None, max
             x_adv = plan.apply(adv[local], rows)
         else:
             x_adv = _perturb(model, adv[local], plan.packed(rows).to(device), plan.spec.optimiser,
-                             eps, step, max_iter, plan.rand_start[rows], plan.cosine, generator, norm)
+                             eps, step, max_iter, plan.rand_start[rows], plan.cosine, generator, norm, rows)
         if return_features:
             with torch.no_grad():
                 feats[local] = model(x_adv).to(feats.dtype)

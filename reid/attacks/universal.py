@@ -46,7 +46,7 @@ import scipy.cluster.vq
 import torch
 import torch.nn.functional as F
 
-from ..utils import ReidError, atomic_path, load_torch_file
+from ..utils import ReidError, atomic_path, image_generator, load_torch_file
 from .core import attack_mode
 from .guides import PlanBase, tensors_to
 from .loss import GuidedLoss, pack_bank_guides
@@ -279,8 +279,8 @@ class AdditivePlan(PlanBase):
         if self.delta is not None:
             return apply_delta(images, self.delta)
         signs = torch.stack([
-            torch.randint(0, 2, images.shape[1:], generator=torch.Generator().manual_seed(
-                self.seed * 1000003 + int(r))) for r in rows.tolist()]).to(images.device)
+            torch.randint(0, 2, images.shape[1:], generator=image_generator(self.seed, r))
+            for r in rows.tolist()]).to(images.device)
         return (images + (2 * signs.to(images.dtype) - 1) * (self.eps / 255.0)).clamp(0.0, 1.0)
 
 

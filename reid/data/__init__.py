@@ -6,11 +6,11 @@ The synthetic dataset generator lives in `reid.data.synthetic` (run it with
 
 from reid.data.datasets import LAYOUTS, ReidDataset, Sample, load_dataset, resolve_dataset_root
 from reid.data.loaders import ImageDataset, eval_loader, read_image, train_loader
-from reid.data.sampler import RandomIdentitySampler
+from reid.data.sampler import RandomIdentitySampler, ShardedBatchSampler
 from reid.data.transforms import build_transforms
 
 DATASET_NAMES = tuple(LAYOUTS)
 
-__all__ = ["DATASET_NAMES", "ImageDataset", "RandomIdentitySampler", "ReidDataset", "Sample",
+__all__ = ["DATASET_NAMES", "ImageDataset", "RandomIdentitySampler", "ReidDataset", "Sample", "ShardedBatchSampler",
            "build_transforms", "eval_loader", "load_dataset", "read_image",
            "resolve_dataset_root", "train_loader"]

@@ -2,9 +2,9 @@
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from reid.data.sampler import RandomIdentitySampler
+from reid.data.sampler import RandomIdentitySampler, ShardedBatchSampler
 from reid.utils import ReidError
 
 
@@ -42,12 +42,15 @@ class ImageDataset(Dataset):
         return item + (extra,)
 
 
-def train_loader(samples, transform, batch_size, num_instances=None, workers=0, seed=0, companions=None):
+def train_loader(samples, transform, batch_size, num_instances=None, workers=0, seed=0, companions=None,
+                 shard=(0, 1)):
     """Training loader; `num_instances` switches to P x K identity batches.
 
     The order depends only on `seed` (pass seed and epoch combined), not on the
     global RNG state, so a resumed run sees the same batches as an unbroken one.
-    `companions`: extra images per sample (see `ImageDataset`).
+    `companions`: extra images per sample (see `ImageDataset`). `shard` = (rank, world):
+    `batch_size` is the global batch, of which this process takes its part (see
+    `ShardedBatchSampler`); (0, 1) is the whole batch.
     """
     gen = torch.Generator().manual_seed(seed)
     dataset = ImageDataset(samples, transform, companions)
@@ -56,10 +59,13 @@ def train_loader(samples, transform, batch_size, num_instances=None, workers=0, 
             sampler = RandomIdentitySampler([s.pid for s in samples], batch_size, num_instances, gen)
         except ValueError as err:
             raise ReidError(f"-b/-ni: {err}") from None
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
-                          num_workers=workers, generator=gen, persistent_workers=False)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                      num_workers=workers, generator=gen)
+    else:
+        sampler = RandomSampler(dataset, generator=gen)
+    try:
+        batches = ShardedBatchSampler(sampler, batch_size, *shard)
+    except ValueError as err:
+        raise ReidError(f"-b {batch_size}: {err}") from None
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, generator=gen)
 
 
 def eval_loader(samples, transform, batch_size, workers=0):

@@ -1,9 +1,9 @@
-"""P x K identity sampler for triplet training."""
+"""P x K identity sampler for triplet training, and the per-process share of training batches."""
 
 from collections import defaultdict
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import BatchSampler, Sampler
 
 
 class RandomIdentitySampler(Sampler):
@@ -57,3 +57,32 @@ class RandomIdentitySampler(Sampler):
         # Upper bound (exact when identities have balanced image counts).
         n = sum(max(len(v), self.k) // self.k for v in self.index_by_pid.values())
         return n // self.p * self.p * self.k
+
+
+class ShardedBatchSampler(Sampler):
+    """Global batches of ``batch_size`` indices from ``sampler`` (an incomplete last one
+    dropped), of which process ``rank`` of ``world`` yields its contiguous part of
+    ``batch_size // world`` indices.
+
+    Every process runs the same ``sampler`` with the same seed, so at each step the parts
+    are disjoint and together make the batch a single process would take; over the epoch
+    they cover the same samples. P x K batches (``RandomIdentitySampler``) list each
+    identity's K instances together, so a part holds whole identities when P is a multiple
+    of ``world``. With ``world`` 1 this is the usual batching (``drop_last=True``).
+    """
+
+    def __init__(self, sampler, batch_size, rank=0, world=1):
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"rank {rank} of {world} processes")
+        if batch_size % world:
+            raise ValueError(f"batch size {batch_size} is not a multiple of the {world} processes")
+        self.batches = BatchSampler(sampler, batch_size, drop_last=True)
+        self.part = batch_size // world
+        self.rank = rank
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield batch[self.rank * self.part:(self.rank + 1) * self.part]
+
+    def __len__(self):
+        return len(self.batches)
