@@ -4,14 +4,18 @@
 that maps images in [0, 1] of shape (B, 3, H, W) to features (B, D) (normalising inside),
 extracts the clean query / gallery features once, runs every requested attack through
 `reid.engine.attack_split`, writes results.json (and, on request, features, adversarial
-images and pictures) into `out`, and returns the results.json dict. `gen_adv.py` is the
-command-line layer over `run_evaluation`: it loads a checkpoint and passes its options.
+images and pictures) into `out`, and returns the results.json dict. With `transfer_to`
+(checkpoints), the same adversarial images are also evaluated on each of those models
+(`reid.transfer`). `gen_adv.py` is the command-line layer over `run_evaluation`: it loads a
+checkpoint (or calls a user's model factory, `model_from_factory`) and passes its options.
 """
 
 import datetime
+import importlib
 import json
 import os
 import platform
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from typing import List, Optional
 
@@ -25,11 +29,13 @@ import reid
 from reid.attacks import (UNIVERSAL_ATTACKS, UapConfig, check_attack_args, load_uap, save_uap,
                           universal_plan)
 from reid.data import build_transforms, eval_loader, load_dataset, read_image
-from reid.engine import Split, attack_split, learn_universal, metrics_table, split_metrics, summarize_runs
+from reid.engine import (Split, attack_split, learn_universal, metrics_table, side_by_side, split_metrics,
+                         summarize_runs)
 from reid.features import extract_features
 from reid.metrics import pairwise_distance
-from reid.utils import (MAX_SEED, ReidError, atomic_path, check_input_dir, check_number, check_writable_dir,
-                        link_or_copy, resolve_device, seed_everything)
+from reid.transfer import TransferFeatures, check_transfer_paths, extract_target_features, load_targets
+from reid.utils import (MAX_SEED, ReidError, _first_message_line, atomic_path, check_input_dir, check_number,
+                        check_writable_dir, link_or_copy, load_torch_file, resolve_device, seed_everything)
 from reid.viz import perturbation_figure, ranking_figure
 
 DATASET_FOLDERS = {"query": "query", "gallery": "bounding_box_test", "train": "bounding_box_train"}
@@ -67,6 +73,7 @@ class Options:
     uap_source_kind: Optional[str] = None
     meta_dataset: Optional[str] = None
     meta_dataset_kind: Optional[str] = None
+    transfer_to: List[str] = field(default_factory=list)  # checkpoints the adversarial images are also fed to
 
     @classmethod
     def from_namespace(cls, namespace):
@@ -89,6 +96,8 @@ def check_options(opts):
         check_number(flag, value, low)
     check_number("--seed", opts.seed, 0, MAX_SEED)
     check_uap_flags(opts)
+    opts.transfer_to = [str(p) for p in (opts.transfer_to or [])]
+    check_transfer_paths(opts.transfer_to)
     return opts
 
 
@@ -138,7 +147,7 @@ class ImageSaver:
             if not os.path.lexists(os.path.join(dst, fname)):
                 link_or_copy(os.path.join(dataset_root, folder, fname), os.path.join(dst, fname))
 
-    def __call__(self, clean, adv, indices):
+    def __call__(self, clean, adv, indices, attacked):
         base = (clean * 255).round().short()
         delta = ((adv - clean) * 255).round().clamp(-self.budget, self.budget).short()
         pixels = (base + delta).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -162,7 +171,7 @@ class Pictures:
         self.query_attacked = query_attacked
         self.clean, self.adv, self.adv_queries = [], [], {}
 
-    def __call__(self, clean, adv, indices):
+    def __call__(self, clean, adv, indices, attacked):
         """`attack_split`'s per-batch hook: keep what the pictures need."""
         have = sum(len(c) for c in self.clean)
         if have < self.grid_size:
@@ -254,8 +263,9 @@ def obtain_uap(opts, model, data, input_size, device, out, model_sha256):
 
 
 def run_attack(opts, name, model, loader, query, gallery, data, out, device, picked, transform, arrays,
-               delta=None):
-    """`-n` runs of one attack; returns its results.json entry. `delta`: the UAP's."""
+               delta=None, targets=()):
+    """`-n` runs of one attack; returns its results.json entry. `delta`: the UAP's. Each run's
+    adversarial images also go through the transfer `targets` (their runs are appended)."""
     target, other = (gallery, query) if opts.gallery else (query, gallery)
     metric = "cosine" if opts.cosine else "euclidean"
     runs, stats = [], []
@@ -265,6 +275,7 @@ def run_attack(opts, name, model, loader, query, gallery, data, out, device, pic
         saver = ImageSaver(out, name, target, data, opts.eps) if first and opts.save_images else None
         pictures = (Pictures(out, name, query, gallery, picked, transform, query_attacked=not opts.gallery)
                     if first and picked else None)
+        transfer = TransferFeatures(targets, target.name, opts.cosine) if targets else None
         generator = torch.Generator().manual_seed(opts.seed * 1000003 + run)
         attack = name
         if name in UNIVERSAL_ATTACKS:
@@ -274,10 +285,12 @@ def run_attack(opts, name, model, loader, query, gallery, data, out, device, pic
                                      single=opts.single, cosine=opts.cosine, eps=opts.eps, step=opts.step,
                                      max_iter=opts.max_iter, generator=generator, device=device,
                                      weighting=opts.guide_weights,
-                                     on_batch=chain(saver, pictures))
+                                     on_batch=chain(saver, pictures, transfer))
         adv = {"gallery_feats" if opts.gallery else "query_feats": adv_feats}
         runs.append(split_metrics(query, gallery, metric, **adv))
         stats.append(st)
+        if transfer is not None:
+            transfer.record(name, metric)
         if first:
             arrays[f"{target.name}_features_adv_{name}"] = adv_feats.cpu().numpy()
         if pictures is not None:
@@ -305,6 +318,7 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
     data = load_dataset(dataset_folder, opts.dataset)
     height, width = input_size
     metric = "cosine" if opts.cosine else "euclidean"
+    targets = load_targets(opts.transfer_to, (height, width), device)  # a bad checkpoint stops the run now
 
     delta = uap_info = None
     if "UAP" in opts.attack:  # loaded (and checked) or learned before the evaluation
@@ -320,6 +334,7 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
         splits[name] = Split(name, feats, pids, camids, getattr(data, name))
     query, gallery = splits["query"], splits["gallery"]
     clean = split_metrics(query, gallery, metric)
+    extract_target_features(targets, data, loaders, opts, device)
 
     os.makedirs(out, exist_ok=True)
     describe = getattr(model, "config", None)
@@ -327,7 +342,11 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
               "model": describe() if callable(describe) else type(model).__name__,
               "input_size": [height, width], "dataset_root": data.root, "metric": metric, "device": str(device),
               "versions": versions()}
+    if targets:
+        config["transfer_targets"] = {t.label: t.info for t in targets}
     results = {"config": config, "clean": clean, "attacks": {}}
+    if targets:
+        results["transfer"] = {t.label: t.results(metric) for t in targets}
     arrays = {"query_features": query.feats.cpu().numpy(), "query_pids": query.pids, "query_camids": query.camids,
               "gallery_features": gallery.feats.cpu().numpy(), "gallery_pids": gallery.pids,
               "gallery_camids": gallery.camids}
@@ -338,12 +357,17 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
         picked = rng.choice(len(query.pids), min(opts.visualize, len(query.pids)), replace=False).tolist()
     loader = loaders["gallery" if opts.gallery else "query"]
     for name in opts.attack:
-        entry = run_attack(opts, name, model, loader, query, gallery, data, out, device, picked, tf, arrays, delta)
+        entry = run_attack(opts, name, model, loader, query, gallery, data, out, device, picked, tf, arrays, delta,
+                           targets)
         if name == "UAP":
             entry["uap"] = uap_info
         results["attacks"][name] = entry
+        if targets:
+            results["transfer"] = {t.label: t.results(metric) for t in targets}
         write_json(os.path.join(out, "results.json"), results)  # after each attack: nothing lost
-        print(f"{name}: mAP {100 * entry['mean']['mAP']:.2f} ({entry['images_attacked']} images attacked, "
+        moved = "".join(f", on {os.path.basename(t.label)} {100 * t.results(metric)['attacks'][name]['mean']['mAP']:.2f}"
+                        for t in targets)
+        print(f"{name}: mAP {100 * entry['mean']['mAP']:.2f}{moved} ({entry['images_attacked']} images attacked, "
               f"{entry['attack_seconds']:.1f} s)")
     write_json(os.path.join(out, "results.json"), results)
     if opts.save_features:
@@ -353,8 +377,91 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
     print(f"\n{'query' if not opts.gallery else 'gallery'} attacks, eps {opts.eps:g}/255, "
           f"{opts.max_iter} iterations, {opts.nb_repeat} run(s), {metric} distance")
     print(metrics_table(rows))
+    if targets:
+        names = [n for n, _ in rows]
+        columns = [("white-box", dict(rows))] + [
+            (os.path.basename(t.label), {"clean": results["transfer"][t.label]["clean"],
+                                         **{n: r["mean"] for n, r in results["transfer"][t.label]["attacks"].items()}})
+            for t in targets]
+        print("\nwhite-box (this model) and transfer (the same adversarial images on each --transfer-to model), "
+              "mAP / rank-1 in %")
+        print(side_by_side(names, columns))
     print(f"results -> {os.path.join(out, 'results.json')}")
     return results
+
+
+def check_feature_model(model, input_size, device, what):
+    """One probe pass: `model` must map a (B, 3, H, W) batch in [0, 1] to features (B, D).
+    `what` names the model in the one-line error."""
+    height, width = input_size
+    probe = torch.full((2, 3, height, width), 0.5, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(probe)
+    except Exception as err:  # the user's model: any error is about it
+        raise ReidError(f"{what}: the model fails on a (2, 3, {height}, {width}) batch "
+                        f"({_first_message_line(err)})") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2 or out.shape[1] < 1:
+        found = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise ReidError(f"{what}: the model maps a (2, 3, {height}, {width}) batch to {found}, "
+                        "expected features of shape (B, D)")
+
+
+def _state_dict_of(obj):
+    """The state dict inside a weights file: itself, or under 'net' (our checkpoints) or
+    'state_dict' (torchreid's, fast-reid's 'model'); a 'module.' prefix (DataParallel) dropped."""
+    for key in ("net", "state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not (isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj)):
+        return None
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def model_from_factory(spec, weights=None):
+    """`--model-factory MODULE:FUNCTION [--weights FILE]`: the torch.nn.Module that
+    FUNCTION() returns, MODULE imported from the current directory or PYTHONPATH, with the
+    state dict of FILE (read with weights_only=True) loaded strictly. One-line errors."""
+    flag = f"--model-factory {spec}"
+    module_name, _, function = str(spec).partition(":")
+    if not module_name or not function:
+        raise ReidError(f"{flag}: expected MODULE:FUNCTION (e.g. my_models:build)")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        where = "" if err.name != module_name.split(".")[0] else " from the current directory or PYTHONPATH"
+        raise ReidError(f"{flag}: cannot import {module_name}{where} ({err})") from None
+    except Exception as err:  # the user's module failed while importing
+        raise ReidError(f"{flag}: importing {module_name} failed ({_first_message_line(err)})") from None
+    factory = getattr(module, function, None)
+    if not callable(factory):
+        raise ReidError(f"{flag}: {module_name} ({getattr(module, '__file__', '?')}) has no function {function}")
+    try:
+        model = factory()
+    except Exception as err:
+        raise ReidError(f"{flag}: {function}() failed ({_first_message_line(err)})") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ReidError(f"{flag}: {function}() returned a {type(model).__name__}, expected a torch.nn.Module")
+    if weights:
+        state = _state_dict_of(load_torch_file(weights, "weights file"))
+        if state is None:
+            raise ReidError(f"--weights {weights}: expected a state dict (or a checkpoint holding one under "
+                            "'net', 'state_dict' or 'model')")
+        try:
+            model.load_state_dict(state, strict=True)
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise ReidError(f"--weights {weights}: does not fit the model of {spec} "
+                            f"({str(err).strip().splitlines()[0]})") from None
+    return model
 
 
 def evaluate_robustness(model, dataset_folder, attacks=(), dataset="market", eps=5.0, input_size=(256, 128),
@@ -363,7 +470,7 @@ def evaluate_robustness(model, dataset_folder, attacks=(), dataset="market", eps
     clean and under `attacks` (names of gen_adv.py's `-a`), on the dataset at
     `dataset_folder` (layout `dataset`), at `input_size` (H, W). `options`: the other
     gen_adv.py options by their long names with underscores (see `Options`: step, max_iter,
-    nb_repeat, seed, device, save_images, uap, ...). Writes results.json into `out` (default
+    nb_repeat, seed, device, save_images, uap, transfer_to, ...). Writes results.json into `out` (default
     attacks/<model class>-<dataset>-<time>/) and returns its dict."""
     unknown = sorted(set(options) - set(OPTION_NAMES))
     if unknown:
@@ -381,4 +488,5 @@ def evaluate_robustness(model, dataset_folder, attacks=(), dataset="market", eps
     check_writable_dir(opts.out, "out")
     device = resolve_device(opts.device)
     model.to(device).eval()
+    check_feature_model(model, (height, width), device, "evaluate_robustness")
     return run_evaluation(model, dataset_folder, opts, (height, width), device)
