@@ -33,7 +33,8 @@ from reid.engine import (Split, attack_split, learn_universal, metrics_table, si
                          summarize_runs)
 from reid.features import extract_features
 from reid.metrics import pairwise_distance
-from reid.transfer import TransferFeatures, check_transfer_paths, extract_target_features, load_targets
+from reid.transfer import (TransferFeatures, check_transfer_paths, clean_arrays, extract_target_features,
+                           load_targets)
 from reid.utils import (MAX_SEED, ReidError, _first_message_line, atomic_path, check_input_dir, check_number,
                         check_writable_dir, link_or_copy, load_torch_file, resolve_device, seed_everything)
 from reid.viz import perturbation_figure, ranking_figure
@@ -293,6 +294,7 @@ def run_attack(opts, name, model, loader, query, gallery, data, out, device, pic
             transfer.record(name, metric)
         if first:
             arrays[f"{target.name}_features_adv_{name}"] = adv_feats.cpu().numpy()
+            arrays.update(transfer.arrays(name) if transfer is not None else {})
         if pictures is not None:
             qf = adv.get("query_feats", query.feats)
             gf = adv.get("gallery_feats", gallery.feats)
@@ -349,7 +351,7 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
         results["transfer"] = {t.label: t.results(metric) for t in targets}
     arrays = {"query_features": query.feats.cpu().numpy(), "query_pids": query.pids, "query_camids": query.camids,
               "gallery_features": gallery.feats.cpu().numpy(), "gallery_pids": gallery.pids,
-              "gallery_camids": gallery.camids}
+              "gallery_camids": gallery.camids, **clean_arrays(targets)}
 
     picked = []
     if opts.visualize:
@@ -433,22 +435,28 @@ def model_from_factory(spec, weights=None):
     module_name, _, function = str(spec).partition(":")
     if not module_name or not function:
         raise ReidError(f"{flag}: expected MODULE:FUNCTION (e.g. my_models:build)")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:  # as `python -m` would: the current directory first, for the import and the call
+        sys.path.insert(0, cwd)
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        where = "" if err.name != module_name.split(".")[0] else " from the current directory or PYTHONPATH"
-        raise ReidError(f"{flag}: cannot import {module_name}{where} ({err})") from None
-    except Exception as err:  # the user's module failed while importing
-        raise ReidError(f"{flag}: importing {module_name} failed ({_first_message_line(err)})") from None
-    factory = getattr(module, function, None)
-    if not callable(factory):
-        raise ReidError(f"{flag}: {module_name} ({getattr(module, '__file__', '?')}) has no function {function}")
-    try:
-        model = factory()
-    except Exception as err:
-        raise ReidError(f"{flag}: {function}() failed ({_first_message_line(err)})") from None
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            where = " from the current directory or PYTHONPATH" if err.name == module_name.split(".")[0] else ""
+            raise ReidError(f"{flag}: cannot import {module_name}{where} ({err})") from None
+        except Exception as err:  # the user's module failed while importing
+            raise ReidError(f"{flag}: importing {module_name} failed ({_first_message_line(err)})") from None
+        factory = getattr(module, function, None)
+        if not callable(factory):
+            raise ReidError(f"{flag}: {module_name} ({getattr(module, '__file__', '?')}) has no function {function}")
+        try:
+            model = factory()
+        except Exception as err:  # the user's function
+            raise ReidError(f"{flag}: {function}() failed ({_first_message_line(err)})") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
     if not isinstance(model, torch.nn.Module):
         raise ReidError(f"{flag}: {function}() returned a {type(model).__name__}, expected a torch.nn.Module")
     if weights:

@@ -249,6 +249,11 @@ def _timm_backbone(arch, img_size, weights_file):
     path = next((n for n, m in net.named_modules() if m is classifier and n), None)
     if path is None:
         raise ReidError(f"--arch {arch}: cannot find the classifier of this timm model to put the re-ID head in")
+    if weights_file:  # timm loads leniently (unknown keys are only logged): every parameter must come from the file
+        missing = [k for k, _ in net.named_parameters() if k not in state]
+        if missing:
+            raise ReidError(f"{weights_file} is not a timm {name} state dict (missing {len(missing)} of its "
+                            f"{len(list(net.parameters()))} parameters, e.g. {missing[0]})")
     dim = getattr(net, "head_hidden_size", None) or net.num_features
     cfg = net.pretrained_cfg
     return net, path, int(dim), tuple(cfg.get("mean") or IMAGENET_MEAN), tuple(cfg.get("std") or IMAGENET_STD)

@@ -97,6 +97,12 @@ def extract_target_features(targets, data, loaders, opts, device):
             target.splits[name] = Split(name, feats, pids, camids, getattr(data, name))
 
 
+def clean_arrays(targets):
+    """features.npz entries of the targets' clean features: `transfer<k>_query_features`, ..."""
+    return {f"transfer{k}_{name}_features": split.feats.cpu().numpy()
+            for k, t in enumerate(targets) for name, split in t.splits.items()}
+
+
 class TransferFeatures:
     """`attack_split`'s per-batch hook: the adversarial features of every target for one run."""
 
@@ -117,6 +123,11 @@ class TransferFeatures:
                                   antialias=True).clamp_(0, 1)
                 batch[rows.to(batch.device)] = target.model(x).to(batch.dtype).to(batch.device)
             out[idx] = F.normalize(batch, dim=1) if self.cosine else batch
+
+    def arrays(self, name):
+        """features.npz entries of this run: `transfer<k>_<split>_features_adv_<name>`, k the
+        target's position in --transfer-to."""
+        return {f"transfer{k}_{self.split}_features_adv_{name}": f.cpu().numpy() for k, f in enumerate(self.feats)}
 
     def record(self, name, metric):
         """Append this run's metrics to each target's runs of attack `name`."""
