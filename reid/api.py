@@ -336,7 +336,7 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
         splits[name] = Split(name, feats, pids, camids, getattr(data, name))
     query, gallery = splits["query"], splits["gallery"]
     clean = split_metrics(query, gallery, metric)
-    extract_target_features(targets, data, loaders, opts, device)
+    extract_target_features(targets, data, loaders, opts, device, metric)
 
     os.makedirs(out, exist_ok=True)
     describe = getattr(model, "config", None)
@@ -348,7 +348,7 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
         config["transfer_targets"] = {t.label: t.info for t in targets}
     results = {"config": config, "clean": clean, "attacks": {}}
     if targets:
-        results["transfer"] = {t.label: t.results(metric) for t in targets}
+        results["transfer"] = {t.label: t.results() for t in targets}
     arrays = {"query_features": query.feats.cpu().numpy(), "query_pids": query.pids, "query_camids": query.camids,
               "gallery_features": gallery.feats.cpu().numpy(), "gallery_pids": gallery.pids,
               "gallery_camids": gallery.camids, **clean_arrays(targets)}
@@ -365,10 +365,10 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
             entry["uap"] = uap_info
         results["attacks"][name] = entry
         if targets:
-            results["transfer"] = {t.label: t.results(metric) for t in targets}
+            results["transfer"] = {t.label: t.results() for t in targets}
         write_json(os.path.join(out, "results.json"), results)  # after each attack: nothing lost
-        moved = "".join(f", on {os.path.basename(t.label)} {100 * t.results(metric)['attacks'][name]['mean']['mAP']:.2f}"
-                        for t in targets)
+        moved = "".join(f", on {os.path.basename(t.label)} "
+                        f"{100 * results['transfer'][t.label]['attacks'][name]['mean']['mAP']:.2f}" for t in targets)
         print(f"{name}: mAP {100 * entry['mean']['mAP']:.2f}{moved} ({entry['images_attacked']} images attacked, "
               f"{entry['attack_seconds']:.1f} s)")
     write_json(os.path.join(out, "results.json"), results)

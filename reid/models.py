@@ -160,11 +160,6 @@ def pretrained_weights_path(arch=DEFAULT_ARCH, pretrained_path=None):
                     f"into {cache}/ or pass --pretrained-path FILE")
 
 
-def imagenet_weights_path(pretrained_path=None):
-    """The ImageNet ResNet50 weights file (see `pretrained_weights_path`)."""
-    return pretrained_weights_path(DEFAULT_ARCH, pretrained_path)
-
-
 def _timm_cached_weights(name):
     """The weights file of timm model `name` in timm's caches, looked up without the network."""
     cfg = _timm_cfg(name)

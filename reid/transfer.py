@@ -51,19 +51,17 @@ class TransferTarget:
     input_size: tuple             # (H, W) the target reads
     resize_from: tuple = None     # the surrogate's (H, W) when adversarial images are resized
     splits: dict = field(default_factory=dict)   # "query" / "gallery" -> Split (clean features)
+    clean: dict = None                           # METRICS of the clean features
     runs: dict = field(default_factory=dict)     # attack -> [METRICS per run]
     info: dict = field(default_factory=dict)
 
-    def clean_metrics(self, metric):
-        return split_metrics(self.splits["query"], self.splits["gallery"], metric)
-
-    def results(self, metric):
+    def results(self):
         """Its results.json entry: {"clean": METRICS, "attacks": {NAME: {"mean", "std", "runs"}}}."""
         attacks = {}
         for name, runs in self.runs.items():
             summary = summarize_runs(runs)
             attacks[name] = {"mean": summary["mean"], "std": summary["std"], "runs": runs}
-        return {"clean": self.clean_metrics(metric), "attacks": attacks}
+        return {"clean": self.clean, "attacks": attacks}
 
 
 def load_targets(paths, input_size, device):
@@ -83,9 +81,9 @@ def load_targets(paths, input_size, device):
     return targets
 
 
-def extract_target_features(targets, data, loaders, opts, device):
-    """Each target's clean query / gallery features, once: through the surrogate's `loaders`
-    where the input size is the same, its own loaders otherwise."""
+def extract_target_features(targets, data, loaders, opts, device, metric):
+    """Each target's clean query / gallery features and metrics, once: through the
+    surrogate's `loaders` where the input size is the same, its own loaders otherwise."""
     for target in targets:
         own = loaders
         if target.resize_from:
@@ -95,6 +93,7 @@ def extract_target_features(targets, data, loaders, opts, device):
             feats, pids, camids = extract_features(target.model, loader, device,
                                                    f"{os.path.basename(target.label)} {name} features", opts.cosine)
             target.splits[name] = Split(name, feats, pids, camids, getattr(data, name))
+        target.clean = split_metrics(target.splits["query"], target.splits["gallery"], metric)
 
 
 def clean_arrays(targets):

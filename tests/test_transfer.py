@@ -21,7 +21,8 @@ def test_surrogate_as_its_own_target_reproduces_white_box(trained_checkpoint, sy
                                                           extra):
     import gen_adv
     ckpt = str(trained_checkpoint / "m.th")
-    results = gen_adv.main([str(trained_checkpoint), synthetic_dataset, "m.th", *COMMON, *extra, "--out", str(tmp_path), "--transfer-to", ckpt])
+    results = gen_adv.main([str(trained_checkpoint), synthetic_dataset, "m.th", *COMMON, *extra, "--out",
+                            str(tmp_path), "--transfer-to", ckpt])
     own = results["transfer"][ckpt]
     assert own["clean"] == results["clean"]
     for name in results["attacks"]:  # every run, every metric, to the last bit
