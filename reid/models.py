@@ -194,7 +194,7 @@ def _read_state_dict(path, what, described):
             from safetensors.torch import load_file
             state = load_file(path, device="cpu")
         except Exception as err:  # safetensors raises its own error types for foreign or truncated files
-            raise ReidError(f"{path} is not a {what}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+            raise ReidError(f"{path} is not a {what}: {_first_message_line(err)}") from None
     else:
         state = load_torch_file(path, what)
     if not (isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
