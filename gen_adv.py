@@ -9,26 +9,43 @@ Reference usage:
 A budget sweep with the worst case per query (robustness.csv / robustness.png):
   python gen_adv.py models/checkpoints DATA model.th -a FGSM IFGSM SMA FNA --eps 1 2 4 8 --step auto
 Several processes (GPUs, machines): torchrun --nproc_per_node N gen_adv.py ... (see README).
+Your own model (FUNCTION() returns a module mapping images in [0, 1] to features (B, D)):
+  python gen_adv.py DATA --model-factory my_models:build --weights w.pth --height 256 --width 128 -a FNA
+Transfer (attacks crafted on model.th, also evaluated on the other checkpoints):
+  python gen_adv.py models/checkpoints DATA model.th -a FNA SMA --transfer-to models/checkpoints/dn.th
 """
 
 import argparse
 import os
 
 from reid import amp, distributed
-from reid.api import Options, check_options, default_out, run_evaluation
+from reid.api import Options, check_feature_model, check_options, default_out, model_from_factory, run_evaluation
 from reid.attacks import ATTACK_NAMES, UAP_LOSSES, UNIVERSAL_ATTACKS, WEIGHTINGS
 from reid.checkpoint import file_sha256, load_model
 from reid.data import DATASET_NAMES
-from reid.utils import check_input_dir, check_number, check_writable_dir, cli_main
+from reid.models import check_input_size
+from reid.utils import ReidError, check_input_dir, check_number, check_writable_dir, cli_main
 
 DEFAULTS = Options()
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoints_folder")
-    p.add_argument("dataset_folder")
-    p.add_argument("filename", help="checkpoint file name inside checkpoints_folder")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="%(prog)s [options] CHECKPOINTS_FOLDER DATASET_FOLDER FILENAME\n"
+              "       %(prog)s [options] DATASET_FOLDER --model-factory MODULE:FUNCTION [--weights FILE]")
+    p.add_argument("positionals", nargs="*", metavar="CHECKPOINTS_FOLDER DATASET_FOLDER FILENAME",
+                   help="the checkpoint FILENAME inside CHECKPOINTS_FOLDER and the dataset; with --model-factory "
+                        "only DATASET_FOLDER")
+    own = p.add_argument_group("your own model instead of a checkpoint")
+    own.add_argument("--model-factory", metavar="MODULE:FUNCTION",
+                     help="FUNCTION() of MODULE (importable from the current directory or PYTHONPATH) returns a "
+                          "torch.nn.Module mapping images in [0, 1] (B, 3, H, W) to features (B, D), normalising "
+                          "inside; input size --height / --width (default 256x128)")
+    own.add_argument("--weights", metavar="FILE", help="state dict loaded into it (weights_only=True; strict)")
+    p.add_argument("--transfer-to", nargs="+", default=[], metavar="CKPT",
+                   help="also evaluate the same adversarial images on these checkpoints (transfer; each rebuilt "
+                        "from the checkpoint, images resized to its input size if it differs)")
     p.add_argument("--dataset", default=DEFAULTS.dataset, choices=DATASET_NAMES)
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--classif", dest="kind", action="store_const", const="classif",
@@ -79,36 +96,75 @@ def parse_args(argv=None):
     uap.add_argument("--uap-source-kind", choices=DATASET_NAMES, help="its layout (default: --dataset)")
     uap.add_argument("--meta-dataset", metavar="DIR", help="meta-learn with this (virtual) dataset's training split")
     uap.add_argument("--meta-dataset-kind", choices=DATASET_NAMES, help="its layout (default: --dataset)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # positionals may come between options, as before
+    split_positionals(args)
     for flag, value, low in (("--height", args.height, 16), ("--width", args.width, 16),
                              ("-e", args.embedding_size, 1)):
         check_number(flag, value, low)  # None (not given) passes
     checked = check_options(Options.from_namespace(args))
     args.attack, args.eps, args.step, args.norm = checked.attack, checked.eps, checked.step, checked.norm
-    check_input_dir(args.checkpoints_folder, "checkpoints_folder")
+    if args.checkpoints_folder is not None:
+        check_input_dir(args.checkpoints_folder, "checkpoints_folder")
     check_input_dir(args.dataset_folder, "dataset folder")
     return args
+
+
+def split_positionals(args):
+    """CHECKPOINTS_FOLDER DATASET_FOLDER FILENAME, or DATASET_FOLDER alone with --model-factory."""
+    given = args.positionals
+    if args.model_factory is not None:
+        if len(given) != 1:
+            raise ReidError(f"--model-factory: expected one positional argument, the dataset folder "
+                            f"({len(given)} given)")
+        for flag, value in (("--classif", args.kind == "classif"), ("--triplet", args.kind == "triplet"),
+                            ("-e", args.embedding_size is not None)):
+            if value:
+                raise ReidError(f"{flag}: describes a checkpoint; not used with --model-factory")
+        args.checkpoints_folder, args.dataset_folder, args.filename = None, given[0], None
+        return
+    if args.weights is not None:
+        raise ReidError("--weights: only used with --model-factory (a checkpoint holds its weights)")
+    if len(given) != 3:
+        raise ReidError(f"expected CHECKPOINTS_FOLDER DATASET_FOLDER FILENAME ({len(given)} positional "
+                        "argument(s) given), or DATASET_FOLDER with --model-factory MODULE:FUNCTION")
+    args.checkpoints_folder, args.dataset_folder, args.filename = given
 
 
 def main(argv=None):
     args = parse_args(argv)
     opts = Options.from_namespace(args)  # checked by parse_args
-    stem = os.path.splitext(os.path.basename(args.filename))[0]
+    if args.model_factory is not None:
+        stem = args.model_factory.partition(":")[2]
+    else:
+        stem = os.path.splitext(os.path.basename(args.filename))[0]
     device = distributed.setup(args.device, args.gpu)  # under torchrun: this process's device
     amp.check(args.amp, device)
+    if args.transfer_to and distributed.world_size() > 1:
+        raise ReidError("--transfer-to: not supported under torchrun yet; run it as one process")
     opts.out = args.out or distributed.broadcast_object(default_out(stem, args.dataset))  # rank 0's time
     if distributed.is_main():  # one process probes (several would race on the same folders)
         check_writable_dir(opts.out, "--out")  # now, not after extracting every feature
-    ckpt_path = os.path.join(args.checkpoints_folder, args.filename)
-    model, ckpt = load_model(ckpt_path, args.kind, args.embedding_size)
-    ckpt_sha256 = file_sha256(ckpt_path)
-    model.to(device).eval()
-    height, width = ckpt.get("input_size") or (256, 128)
-    height, width = args.height or height, args.width or width
-    config = {"checkpoints_folder": args.checkpoints_folder, "filename": args.filename, "kind": args.kind,
-              "embedding_size": args.embedding_size, "gpu": args.gpu, "height": args.height, "width": args.width,
-              "checkpoint": ckpt_path, "checkpoint_sha256": ckpt_sha256, "checkpoint_epoch": ckpt.get("epoch")}
-    return run_evaluation(model, args.dataset_folder, opts, (height, width), device, model_sha256=ckpt_sha256,
+    config = {"gpu": args.gpu, "height": args.height, "width": args.width}
+    if args.model_factory is not None:
+        model = model_from_factory(args.model_factory, args.weights)
+        model.to(device).eval()
+        height, width = args.height or 256, args.width or 128
+        check_feature_model(model, (height, width), device, f"--model-factory {args.model_factory}")
+        sha256 = file_sha256(args.weights) if args.weights else None
+        config.update(model_factory=args.model_factory, weights=args.weights and os.path.abspath(args.weights),
+                      weights_sha256=sha256)
+    else:
+        ckpt_path = os.path.join(args.checkpoints_folder, args.filename)
+        model, ckpt = load_model(ckpt_path, args.kind, args.embedding_size)
+        sha256 = file_sha256(ckpt_path)
+        model.to(device).eval()
+        height, width = ckpt.get("input_size") or (256, 128)
+        height, width = args.height or height, args.width or width
+        check_input_size(model, (height, width), ckpt_path)
+        config.update(checkpoints_folder=args.checkpoints_folder, filename=args.filename, kind=args.kind,
+                      embedding_size=args.embedding_size, checkpoint=ckpt_path, checkpoint_sha256=sha256,
+                      checkpoint_epoch=ckpt.get("epoch"))
+    return run_evaluation(model, args.dataset_folder, opts, (height, width), device, model_sha256=sha256,
                           config=config)
 
 

@@ -7,6 +7,7 @@ Reference usage (the paper's README):
       --adv --push --pull        # GOAT (run sort_dataset.py DATA first)
   python train.py DATA -f uap_def.th --classif --uap-adv online   # against universal perturbations
 Several processes (GPUs, machines): torchrun --nproc_per_node N train.py ... (see README).
+  python train.py DATA -f dn.th --classif --arch densenet121       # another backbone (or timm:<name>)
 """
 
 import argparse
@@ -24,7 +25,8 @@ from reid.defence import (MetaObjective, UapDefence, check_defence_flags, defenc
                           meta_seed, saved_settings)
 from reid.engine import Objective, append_jsonl, evaluate, format_metrics, lr_schedule, train_epoch
 from reid.goat import Goat, GuidePool, goat_config
-from reid.models import build_model, imagenet_weights_path
+from reid.models import (ARCH_NAMES, DEFAULT_ARCH, build_model, check_arch, check_input_size,
+                         pretrained_weights_path)
 from reid.utils import (MAX_SEED, ReidError, check_input_dir, check_number, check_writable_dir, cli_main,
                         seed_everything)
 
@@ -44,8 +46,10 @@ def parse_args(argv=None):
     kind.add_argument("--triplet", dest="kind", action="store_const", const="triplet",
                       help="embedding network, batch-hard triplet loss")
     p.add_argument("--soft_margin", "--soft", action="store_true", help="triplet: softplus instead of margin 10")
+    p.add_argument("--arch", help=f"backbone: {', '.join(ARCH_NAMES)} (default resnet50; with --resume: "
+                                  "the checkpoint's)")
     p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights (offline: see README)")
-    p.add_argument("--pretrained-path", help="ImageNet ResNet50 weights file (implies --pretrained)")
+    p.add_argument("--pretrained-path", help="ImageNet weights file of the backbone (implies --pretrained)")
     p.add_argument("--id_batch", action="store_true", help="P x K identity batches (K = -ni)")
     p.add_argument("-ni", "--num_instances", type=int, default=4, help="K, images per identity in a batch")
     p.add_argument("-e", "--embedding_size", type=int, default=2048, help="triplet embedding size")
@@ -100,6 +104,8 @@ def parse_args(argv=None):
         raise ReidError(f"-b {args.batch_size}: with --id_batch, expected a multiple of -ni {args.num_instances}")
     if not os.path.basename(args.filename):
         raise ReidError(f"-f {args.filename!r}: expected a file name")
+    if args.arch is not None:
+        args.arch = check_arch(args.arch)
     check_input_dir(args.dataset_folder, "dataset folder")
     check_defence_flags(args.uap_adv, args.adv, args.uap_eps, args.meta_dataset, args.meta_dataset_kind,
                         args.meta_lr)
@@ -137,8 +143,8 @@ def main(argv=None):
     for path in (best_path, last_path, log_path):
         if os.path.isdir(path):
             raise ReidError(f"-f {args.filename}: {path} is a folder")
-    if (args.pretrained or args.pretrained_path) and not args.resume:
-        imagenet_weights_path(args.pretrained_path)  # missing or misplaced weights: say so before any work
+    if (args.pretrained or args.pretrained_path) and not args.resume:  # missing weights: say so before any work
+        pretrained_weights_path(args.arch or DEFAULT_ARCH, args.pretrained_path)
     defence = None
     if args.uap_adv is not None:  # a bad uap.pt stops the run now
         uap_config, delta = defence_config(args.uap_adv, (args.height, args.width), args.uap_eps, args.meta_dataset,
@@ -173,7 +179,9 @@ def main(argv=None):
     if args.resume:
         if not os.path.isfile(last_path):
             raise ReidError(f"--resume: no checkpoint {last_path} to continue from")
-        model, ckpt = load_model(last_path, args.kind, args.embedding_size if args.kind == "triplet" else None)
+        model, ckpt = load_model(last_path, args.kind, args.embedding_size if args.kind == "triplet" else None,
+                                 arch=args.arch)
+        check_input_size(model, (args.height, args.width), last_path)
         if model.num_classes not in (None, data.num_train_pids):
             raise ReidError(f"{last_path} was trained on {model.num_classes} identities, "
                             f"{args.dataset_folder} has {data.num_train_pids}")
@@ -193,8 +201,9 @@ def main(argv=None):
         if defence is not None and record is not None:
             defence.load_state(record)
     else:
-        model = build_model(args.kind, data.num_train_pids, args.embedding_size,
-                            args.pretrained, args.pretrained_path)
+        model = build_model(args.kind, data.num_train_pids, args.embedding_size, args.pretrained,
+                            args.pretrained_path, arch=args.arch or DEFAULT_ARCH, input_size=(args.height, args.width))
+    args.arch = model.arch  # recorded with the other flags in the checkpoints' args
     model.to(device)
     net = amp.wrap(model, args.amp, device)
     if args.sync_bn and not distributed.active():

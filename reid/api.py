@@ -4,14 +4,18 @@
 that maps images in [0, 1] of shape (B, 3, H, W) to features (B, D) (normalising inside),
 extracts the clean query / gallery features once, runs every requested attack through
 `reid.engine.attack_split`, writes results.json (and, on request, features, adversarial
-images and pictures) into `out`, and returns the results.json dict. `gen_adv.py` is the
-command-line layer over `run_evaluation`: it loads a checkpoint and passes its options.
+images and pictures) into `out`, and returns the results.json dict. With `transfer_to`
+(checkpoints), the same adversarial images are also evaluated on each of those models
+(`reid.transfer`). `gen_adv.py` is the command-line layer over `run_evaluation`: it loads a
+checkpoint (or calls a user's model factory, `model_from_factory`) and passes its options.
 """
 
 import datetime
+import importlib
 import json
 import os
 import platform
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from typing import List, Optional, Union
 
@@ -26,13 +30,15 @@ from reid import amp, distributed
 from reid.attacks import (DEFAULT_EPS, DEFAULT_STEP, UNIVERSAL_ATTACKS, UapConfig, check_attack_args, check_budget,
                           check_norm, load_uap, parse_step, resolve_step, save_uap, universal_plan)
 from reid.data import build_transforms, eval_loader, load_dataset, read_image
-from reid.engine import Split, attack_split, learn_universal, metrics_table, split_metrics, summarize_runs
+from reid.engine import (Split, attack_split, learn_universal, metrics_table, side_by_side, split_metrics,
+                         summarize_runs)
 from reid.features import extract_features
 from reid.metrics import pairwise_distance
 from reid.report import CLEAN, worst_entry, write_report
 from reid.report import rows as report_rows
-from reid.utils import (MAX_SEED, ReidError, atomic_path, check_input_dir, check_number, check_writable_dir,
-                        link_or_copy, resolve_device, seed_everything)
+from reid.transfer import TransferFeatures, check_transfer_paths, clean_arrays, extract_target_features, load_targets
+from reid.utils import (MAX_SEED, ReidError, _first_message_line, atomic_path, check_input_dir, check_number,
+                        check_writable_dir, link_or_copy, load_torch_file, resolve_device, seed_everything)
 from reid.viz import perturbation_figure, ranking_figure
 
 DATASET_FOLDERS = {"query": "query", "gallery": "bounding_box_test", "train": "bounding_box_train"}
@@ -72,6 +78,7 @@ class Options:
     meta_dataset: Optional[str] = None
     meta_dataset_kind: Optional[str] = None
     amp: bool = False
+    transfer_to: List[str] = field(default_factory=list)  # checkpoints the adversarial images are also fed to
 
     @classmethod
     def from_namespace(cls, namespace):
@@ -128,6 +135,8 @@ def check_options(opts):
         check_number(flag, value, low)
     check_number("--seed", opts.seed, 0, MAX_SEED)
     check_uap_flags(opts)
+    opts.transfer_to = [str(p) for p in (opts.transfer_to or [])]
+    check_transfer_paths(opts.transfer_to)
     return opts
 
 
@@ -182,7 +191,7 @@ class ImageSaver:
             if not os.path.lexists(os.path.join(dst, fname)):
                 link_or_copy(os.path.join(dataset_root, folder, fname), os.path.join(dst, fname))
 
-    def __call__(self, clean, adv, indices):
+    def __call__(self, clean, adv, indices, attacked):
         base = (clean * 255).round().short()
         if self.norm == "linf":
             delta = ((adv - clean) * 255).round().clamp(-self.budget, self.budget).short()
@@ -211,7 +220,7 @@ class Pictures:
         self.query_attacked = query_attacked
         self.grid, self.adv_queries = {}, {}  # index -> (clean, adv); index -> adv
 
-    def __call__(self, clean, adv, indices):
+    def __call__(self, clean, adv, indices, attacked):
         """`attack_split`'s per-batch hook: keep what the pictures need."""
         for j, i in enumerate(indices.tolist()):
             if len(self.grid) < self.grid_size:  # the first images attacked, in split order
@@ -316,10 +325,11 @@ def obtain_uap(opts, eps, model, data, input_size, device, out, model_sha256, st
 
 
 def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device, picked, transform, arrays,
-               delta=None, label=None):
+               delta=None, label=None, targets=()):
     """`-n` runs of one attack at budget `eps`; returns its results.json entry and, per run,
     the per-query values of `evaluate_rank` (the worst case's candidates). `delta`: the UAP's;
-    `label`: the name of its files (default `name`)."""
+    `label`: the name of its files and of its transfer entries (default `name`). Each run's
+    adversarial images also go through the transfer `targets` (their runs are appended)."""
     label = label or name
     step = resolve_step(opts.step, eps, opts.max_iter, opts.norm)
     target, other = (gallery, query) if opts.gallery else (query, gallery)
@@ -331,6 +341,7 @@ def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device
         saver = ImageSaver(out, label, target, data, eps, opts.norm) if first and opts.save_images else None
         pictures = (Pictures(out, label, query, gallery, picked, transform, query_attacked=not opts.gallery)
                     if first and picked else None)
+        transfer = TransferFeatures(targets, target.name, opts.cosine) if targets else None
         generator = torch.Generator().manual_seed(opts.seed * 1000003 + run)
         attack = name
         if name in UNIVERSAL_ATTACKS:
@@ -340,14 +351,17 @@ def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device
                                      single=opts.single, cosine=opts.cosine, eps=eps, step=step,
                                      max_iter=opts.max_iter, generator=generator, device=device,
                                      weighting=opts.guide_weights, norm=opts.norm,
-                                     on_batch=chain(saver, pictures))
+                                     on_batch=chain(saver, pictures, transfer))
         adv = {"gallery_feats" if opts.gallery else "query_feats": adv_feats}
         metrics, values = split_metrics(query, gallery, metric, per_query=True, **adv)
         runs.append(metrics)
         per_query.append(values)
         stats.append(st)
+        if transfer is not None:
+            transfer.record(name, metric)
         if first:
             arrays[f"{target.name}_features_adv_{label}"] = adv_feats.cpu().numpy()
+            arrays.update(transfer.arrays(label) if transfer is not None else {})
         if pictures is not None:
             pictures.gather()
             qf = adv.get("query_feats", query.feats)
@@ -388,6 +402,7 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
     data = load_dataset(dataset_folder, opts.dataset)
     height, width = input_size
     metric = "cosine" if opts.cosine else "euclidean"
+    targets = load_targets(opts.transfer_to, (height, width), device)  # a bad checkpoint stops the run now
 
     deltas = {}
     if "UAP" in opts.attack:  # loaded (and checked) or learned before the evaluation
@@ -405,6 +420,7 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
         splits[name] = Split(name, feats, pids, camids, getattr(data, name))
     query, gallery = splits["query"], splits["gallery"]
     clean = split_metrics(query, gallery, metric)
+    extract_target_features(targets, data, loaders, opts, device, metric)
 
     os.makedirs(out, exist_ok=True)
     describe = getattr(model, "config", None)
@@ -413,10 +429,14 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
               "input_size": [height, width], "dataset_root": data.root, "metric": metric, "device": str(device),
               "processes": distributed.world_size(),
               "versions": versions()}
+    if targets:
+        config["transfer_targets"] = {t.label: t.info for t in targets}
     results = {"config": config, "clean": clean, "attacks": {}}
+    if targets:
+        results["transfer"] = {t.label: t.results() for t in targets}
     arrays = {"query_features": query.feats.cpu().numpy(), "query_pids": query.pids, "query_camids": query.camids,
               "gallery_features": gallery.feats.cpu().numpy(), "gallery_pids": gallery.pids,
-              "gallery_camids": gallery.camids}
+              "gallery_camids": gallery.camids, **clean_arrays(targets)}
 
     picked = []
     if opts.visualize:
@@ -429,18 +449,24 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
         candidates = []
         for name in opts.attack:
             delta, uap_info = deltas.get(eps, (None, None))
+            label = eps_label(name, eps) if sweep else name
             entry, per_query = run_attack(opts, name, eps, model, loader, query, gallery, data, out, device, picked,
-                                          tf, arrays, delta, label=eps_label(name, eps) if sweep else name)
+                                          tf, arrays, delta, label=label, targets=targets)
             if name == "UAP":
                 entry["uap"] = uap_info
             if sweep:
                 results["attacks"].setdefault(name, {"by_eps": []})["by_eps"].append(entry)
             else:
                 results["attacks"][name] = entry
+            if targets:
+                results["transfer"] = {t.label: t.results() for t in targets}
             candidates += [(name, run, values) for run, values in enumerate(per_query)]
             write_json(os.path.join(out, "results.json"), results)  # after each attack: nothing lost
+            moved = "".join(f", on {os.path.basename(t.label)} "
+                            f"{100 * results['transfer'][t.label]['attacks'][label]['mean']['mAP']:.2f}"
+                            for t in targets)
             print(f"{name}{f' at eps {eps_text(eps, opts.norm)}' if sweep else ''}: mAP "
-                  f"{100 * entry['mean']['mAP']:.2f} ({entry['images_attacked']} images attacked, "
+                  f"{100 * entry['mean']['mAP']:.2f}{moved} ({entry['images_attacked']} images attacked, "
                   f"{entry['attack_seconds']:.1f} s)")
         if len(candidates) > 1:
             worst.append(worst_entry(candidates, eps, target))
@@ -455,6 +481,17 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
         print(f"\n{target} attacks, eps {eps_text(eps, opts.norm)}, {opts.max_iter} iterations, "
               f"{opts.nb_repeat} run(s), {metric} distance")
         print(metrics_table(rows))
+        if targets:
+            names = [n for n, _ in rows]
+            label = (lambda n: eps_label(n, eps)) if sweep else (lambda n: n)
+            columns = [("white-box", dict(rows))] + [
+                (os.path.basename(t.label), {CLEAN: results["transfer"][t.label]["clean"],
+                                             **{n: results["transfer"][t.label]["attacks"][label(n)]["mean"]
+                                                for n in names if label(n) in results["transfer"][t.label]["attacks"]}})
+                for t in targets]
+            print("\nwhite-box (this model) and transfer (the same adversarial images on each --transfer-to model), "
+                  "mAP / rank-1 in %")
+            print(side_by_side(names, columns))
     print(f"results -> {os.path.join(out, 'results.json')}")
     if sweep or worst:
         write_robustness(results, out)
@@ -467,6 +504,87 @@ def write_robustness(results, out):
     print(f"report -> {', '.join(write_report(results, out))}")
 
 
+
+def check_feature_model(model, input_size, device, what):
+    """One probe pass: `model` must map a (B, 3, H, W) batch in [0, 1] to features (B, D).
+    `what` names the model in the one-line error."""
+    height, width = input_size
+    probe = torch.full((2, 3, height, width), 0.5, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(probe)
+    except Exception as err:  # the user's model: any error is about it
+        raise ReidError(f"{what}: the model fails on a (2, 3, {height}, {width}) batch "
+                        f"({_first_message_line(err)})") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2 or out.shape[1] < 1:
+        found = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise ReidError(f"{what}: the model maps a (2, 3, {height}, {width}) batch to {found}, "
+                        "expected features of shape (B, D)")
+
+
+def _state_dict_of(obj):
+    """The state dict inside a weights file: itself, or under 'net' (our checkpoints) or
+    'state_dict' (torchreid's, fast-reid's 'model'); a 'module.' prefix (DataParallel) dropped."""
+    for key in ("net", "state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not (isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj)):
+        return None
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def model_from_factory(spec, weights=None):
+    """`--model-factory MODULE:FUNCTION [--weights FILE]`: the torch.nn.Module that
+    FUNCTION() returns, MODULE imported from the current directory or PYTHONPATH, with the
+    state dict of FILE (read with weights_only=True) loaded strictly. One-line errors."""
+    flag = f"--model-factory {spec}"
+    module_name, _, function = str(spec).partition(":")
+    if not module_name or not function:
+        raise ReidError(f"{flag}: expected MODULE:FUNCTION (e.g. my_models:build)")
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:  # as `python -m` would: the current directory first, for the import and the call
+        sys.path.insert(0, cwd)
+    try:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            where = " from the current directory or PYTHONPATH" if err.name == module_name.split(".")[0] else ""
+            raise ReidError(f"{flag}: cannot import {module_name}{where} ({err})") from None
+        except Exception as err:  # the user's module failed while importing
+            raise ReidError(f"{flag}: importing {module_name} failed ({_first_message_line(err)})") from None
+        factory = getattr(module, function, None)
+        if not callable(factory):
+            raise ReidError(f"{flag}: {module_name} ({getattr(module, '__file__', '?')}) has no function {function}")
+        try:
+            model = factory()
+        except Exception as err:  # the user's function
+            raise ReidError(f"{flag}: {function}() failed ({_first_message_line(err)})") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
+    if not isinstance(model, torch.nn.Module):
+        raise ReidError(f"{flag}: {function}() returned a {type(model).__name__}, expected a torch.nn.Module")
+    if weights:
+        state = _state_dict_of(load_torch_file(weights, "weights file"))
+        if state is None:
+            raise ReidError(f"--weights {weights}: expected a state dict (or a checkpoint holding one under "
+                            "'net', 'state_dict' or 'model')")
+        try:
+            model.load_state_dict(state, strict=True)
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise ReidError(f"--weights {weights}: does not fit the model of {spec} "
+                            f"({str(err).strip().splitlines()[0]})") from None
+    return model
+
+
 def evaluate_robustness(model, dataset_folder, attacks=(), dataset="market", eps=None, input_size=(256, 128),
                         out=None, **options):
     """Evaluate any `torch.nn.Module` mapping images in [0, 1] (B, 3, H, W) to features (B, D)
@@ -474,7 +592,7 @@ def evaluate_robustness(model, dataset_folder, attacks=(), dataset="market", eps
     `dataset_folder` (layout `dataset`), at `input_size` (H, W), at budget `eps` (a number,
     or a list for a sweep; default 5/255, or 0.5 with norm="l2"). `options`: the other
     gen_adv.py options by their long names with underscores (see `Options`: step, norm,
-    max_iter, nb_repeat, seed, device, save_images, uap, ...). Writes results.json into `out` (default
+    max_iter, nb_repeat, seed, device, save_images, uap, transfer_to, ...). Writes results.json into `out` (default
     attacks/<model class>-<dataset>-<time>/) and returns its dict."""
     unknown = sorted(set(options) - set(OPTION_NAMES))
     if unknown:
@@ -492,4 +610,5 @@ def evaluate_robustness(model, dataset_folder, attacks=(), dataset="market", eps
     check_writable_dir(opts.out, "out")
     device = resolve_device(opts.device)
     model.to(device).eval()
+    check_feature_model(model, (height, width), device, "evaluate_robustness")
     return run_evaluation(model, dataset_folder, opts, (height, width), device)

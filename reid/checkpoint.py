@@ -1,9 +1,10 @@
 """Checkpoints in the reference format, written atomically.
 
 `{'net': state_dict, 'map': float, 'epoch': int, 'optim': optimizer_state}` plus
-extra keys: `model` (kind, num_classes, embedding_size), `input_size`, `args`,
-`scheduler`, `best_map`, `rng`. The paper's checkpoints (only the four reference
-keys) load too: the network is then inferred from the state dict's shapes.
+extra keys: `model` (`ReidNet.config()`: arch, kind, num_classes, embedding_size, img_size,
+mean, std), `input_size`, `args`, `scheduler`, `best_map`, `rng`. The paper's checkpoints
+(only the four reference keys) load too: the network is then a ResNet50 inferred from the
+state dict's shapes.
 """
 
 import hashlib
@@ -13,7 +14,7 @@ import random
 import numpy as np
 import torch
 
-from reid.models import ReidNet, infer_config
+from reid.models import ReidNet, stored_config
 from reid.utils import ReidError, atomic_path, load_torch_file
 
 
@@ -62,27 +63,34 @@ def read_checkpoint(path, map_location="cpu"):
     return ckpt
 
 
-def load_model(path, kind=None, embedding_size=None, map_location="cpu"):
+def load_model(path, kind=None, embedding_size=None, arch=None, map_location="cpu"):
     """Rebuild the network stored in a checkpoint; returns (model, checkpoint).
 
-    `kind` / `embedding_size` are what the user's flags asked for: a mismatch with
-    the checkpoint is an error rather than a silent reinterpretation.
+    The architecture, head and sizes come from the checkpoint's `model` record (for the
+    paper's checkpoints, which have none: a ResNet50 read off the state dict). `kind` /
+    `embedding_size` / `arch` are what the user's flags asked for: a mismatch with the
+    checkpoint is an error rather than a silent reinterpretation.
     """
     ckpt = read_checkpoint(path, map_location)
     try:
-        config = infer_config(ckpt["net"])
+        config = stored_config(ckpt.get("model"), ckpt["net"])
     except (ReidError, AttributeError, IndexError, TypeError) as err:  # the latter: entries that are not tensors
         raise ReidError(f"{path}: {err}") from None
+    if arch is not None and arch != config["arch"]:
+        raise ReidError(f"{path} holds a {config['arch']} network but --arch {arch} was given")
     if kind is not None and kind != config["kind"]:
         flag = "--classif" if kind == "classif" else "--triplet"
         raise ReidError(f"{path} holds a {config['kind']} model but {flag} was given")
     if embedding_size is not None and config["kind"] == "triplet" and embedding_size != config["embedding_size"]:
         raise ReidError(f"{path} has embedding size {config['embedding_size']} but -e {embedding_size} was given")
-    model = ReidNet(config["kind"], config["num_classes"], config["embedding_size"])
+    try:
+        model = ReidNet.from_config(config)
+    except ReidError as err:
+        raise ReidError(f"{path}: {err}") from None
     try:
         model.load_state_dict(ckpt["net"], strict=True)
     except (RuntimeError, TypeError, AttributeError) as err:
-        raise ReidError(f"{path}: state dict does not match a ResNet50 re-ID network: "
+        raise ReidError(f"{path}: state dict does not match a {config['arch']} re-ID network: "
                         f"{str(err).splitlines()[0]}") from None
     return model, ckpt
 

@@ -66,6 +66,19 @@ def metrics_table(rows):
     return "\n".join(lines)
 
 
+def side_by_side(rows, columns, keys=("mAP", "rank1")):
+    """A plain-text table with a row per name of `rows` and, per (title, {name: METRICS})
+    of `columns`, the `keys` in percent joined by " / " (missing entries blank)."""
+    cells = [[" / ".join(f"{100 * col[name][k]:.2f}" for k in keys) if name in col else "" for _, col in columns]
+             for name in rows]
+    width = max(12, *(len(name) for name in rows))
+    widths = [max(len(title), *(len(row[j]) for row in cells)) + 2 for j, (title, _) in enumerate(columns)]
+    lines = [f"{'':<{width}}" + "".join(f"{title:>{w}}" for (title, _), w in zip(columns, widths))]
+    for name, row in zip(rows, cells):
+        lines.append(f"{name:<{width}}" + "".join(f"{c:>{w}}" for c, w in zip(row, widths)))
+    return "\n".join(lines)
+
+
 class Objective:
     """The training loss of a model kind: cross-entropy on logits or batch-hard triplet."""
 
@@ -162,9 +175,12 @@ def attack_split(model, loader, target, name, *, guides=None, single=False, cosi
 
     `name` is an attack of the registry, or a ready plan (e.g. a universal perturbation's
     `AdditivePlan`). Guides come from `target` itself, or from the `guides` split
-    (`--cross_attack`). `on_batch(clean, adv, indices)` sees each batch (to save images or
-    pictures). Returns the adversarial features (N, D) and run statistics; the statistic
-    `max_perturbation` is in the norm's units (L-inf: /255; L2: [0, 1] pixel units).
+    (`--cross_attack`). `on_batch(clean, adv, indices, attacked)` sees each batch: its clean
+    and adversarial images, their rows of `target`, and which of them the attack perturbed
+    (a (B,) bool mask; the others come back unchanged, with their clean features), to save
+    images or pictures, or to feed other models (transfer). Returns the adversarial features
+    (N, D) and run statistics; the statistic `max_perturbation` is in the norm's units
+    (L-inf: /255; L2: [0, 1] pixel units).
 
     Under torchrun every process plans the whole split (the same plan), attacks its block of
     it (``on_batch`` runs in the process that attacked the batch) and gets every process's
@@ -187,7 +203,7 @@ def attack_split(model, loader, target, name, *, guides=None, single=False, cosi
             adv.double() - images.double()).flatten(1).norm(dim=1).amax()
         largest = torch.maximum(largest, moved.double())
         if on_batch is not None:
-            on_batch(images, adv, idx)
+            on_batch(images, adv, idx, plan.attacked[idx.to(plan.device)].to(device))
     start_row, stop_row = distributed.shard_bounds(len(adv_feats))
     adv_feats = distributed.gather_shards(adv_feats[start_row:stop_row])
     if torch.device(device).type == "cuda":

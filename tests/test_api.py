@@ -1,13 +1,17 @@
 """reid.evaluate_robustness: the Python entry point runs gen_adv.py's evaluation path."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
+import torch
 
 import reid
-from reid.checkpoint import load_model
+from reid.checkpoint import file_sha256, load_model
 from reid.utils import ReidError
-from tests.conftest import run_cli, tiny_model
+from tests.conftest import ROOT, run_cli, tiny_model
 
 OPTIONS = dict(max_iter=3, device="cpu", workers=0, nb_repeat=2, seed=3)
 
@@ -49,3 +53,89 @@ def test_api_errors(synthetic_dataset, tmp_path, kwargs, message):
 def test_api_refuses_what_is_not_a_module(synthetic_dataset, tmp_path):
     with pytest.raises(ReidError, match=r"^evaluate_robustness: model must be a torch.nn.Module, got function$"):
         reid.evaluate_robustness(lambda x: x, synthetic_dataset, attacks=["FNA"], out=str(tmp_path / "o"))
+
+
+# -- gen_adv.py --model-factory: the CLI over the same path ---------------------------------
+
+FACTORY = '''
+import torch.nn as nn
+
+
+def build():  # the architecture of tests.conftest.tiny_model
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten(), nn.Linear(32, 16))
+
+
+def feature_maps():
+    return nn.Conv2d(3, 4, 3)
+
+
+def broken():
+    raise ValueError("no weights here")
+
+
+def number():
+    return 3
+'''
+
+
+def write_factory(folder, name):
+    (folder / f"{name}.py").write_text(FACTORY)
+    weights = folder / "w.pt"
+    torch.save(tiny_model(seed=4).state_dict(), weights)
+    return weights
+
+
+def test_model_factory_cli_equals_api(synthetic_dataset, tmp_path):
+    """The user's module is importable from the current directory; the CLI's numbers are the API's."""
+    weights = write_factory(tmp_path, "tinyfac_cli")
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "gen_adv.py"), synthetic_dataset, "--model-factory",
+                           "tinyfac_cli:build", "--weights", "w.pt", "--height", "64", "--width", "32",
+                           "-a", "SMA", "FNA", "--eps", "3", "--max_iter", "3", "-n", "2", "--seed", "3",
+                           "--device", "cpu", "--workers", "0", "--out", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    cli = json.load(open(out / "results.json"))
+    api = reid.evaluate_robustness(tiny_model(seed=4), synthetic_dataset, attacks=["SMA", "FNA"], eps=3,
+                                   input_size=(64, 32), out=str(tmp_path / "api"), **OPTIONS)
+    assert cli["clean"] == api["clean"]
+    for name in ("SMA", "FNA"):
+        assert cli["attacks"][name]["runs"] == api["attacks"][name]["runs"]
+    config = cli["config"]
+    assert config["model_factory"] == "tinyfac_cli:build" and config["model"] == "Sequential"
+    assert config["weights_sha256"] == file_sha256(str(weights)) and config["input_size"] == [64, 32]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model-factory", "nowhere_mod:build"],
+     r"^--model-factory nowhere_mod:build: cannot import nowhere_mod from the current directory or PYTHONPATH "),
+    (["--model-factory", "tinyfac_err:missing"], r"^--model-factory tinyfac_err:missing: tinyfac_err \(.*"
+                                                   r"tinyfac_err.py\) has no function missing$"),
+    (["--model-factory", "tinyfac_err"], r"^--model-factory tinyfac_err: expected MODULE:FUNCTION "),
+    (["--model-factory", "tinyfac_err:feature_maps"], r"^--model-factory tinyfac_err:feature_maps: the model maps a "
+                                                        r"\(2, 3, 64, 32\) batch to shape \(2, 4, 62, 30\), expected "
+                                                        r"features of shape \(B, D\)$"),
+    (["--model-factory", "tinyfac_err:broken"],
+     r"^--model-factory tinyfac_err:broken: broken\(\) failed \(ValueError: no weights here\)$"),
+    (["--model-factory", "tinyfac_err:number"],
+     r"^--model-factory tinyfac_err:number: number\(\) returned a int, expected a torch.nn.Module$"),
+    (["--model-factory", "tinyfac_err:build", "--weights", "other.pt"],
+     r"^--weights other.pt: does not fit the model of tinyfac_err:build \("),
+    (["--model-factory", "tinyfac_err:build", "--weights", "nope.pt"], r"^weights file nope.pt does not exist$"),
+    (["--model-factory", "tinyfac_err:build", "--classif"], r"^--classif: describes a checkpoint; not used with "),
+    (["--model-factory", "tinyfac_err:build", "extra"], r"^--model-factory: expected one positional argument, the "
+                                                         r"dataset folder \(2 given\)$"),
+    (["--weights", "w.pt"], r"^--weights: only used with --model-factory"),
+])
+def test_model_factory_errors(synthetic_dataset, tmp_path, monkeypatch, args, message):
+    import gen_adv
+    write_factory(tmp_path, "tinyfac_err")
+    torch.save({"0.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(ReidError, match=message) as err:
+        gen_adv.main([synthetic_dataset, *args, "--height", "64", "--width", "32", "--device", "cpu",
+                      "--out", str(out)])
+    assert "\n" not in str(err.value) and not out.exists()

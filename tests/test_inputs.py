@@ -368,9 +368,9 @@ def test_pretrained_path_problems_are_found_before_any_work(tmp_path):
     with pytest.raises(ReidError, match=r"^--pretrained-path .*nope.pth: no such file$"):
         train.main(common + ["--pretrained-path", str(tmp_path / "nope.pth")])
     (tmp_path / "empty.pth").write_bytes(b"")
-    from reid.models import ReidNet, load_imagenet_weights
+    from reid.models import build_model
     with pytest.raises(ReidError, match=r"empty.pth is not a ResNet50 weights file: the file is empty$"):
-        load_imagenet_weights(ReidNet("classif", 3), str(tmp_path / "empty.pth"))
+        build_model("classif", 3, pretrained_path=str(tmp_path / "empty.pth"))
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(ReidError, match=r"list.pth is not a torchvision ResNet50 state dict"):
-        load_imagenet_weights(ReidNet("classif", 3), str(tmp_path / "list.pth"))
+        build_model("classif", 3, pretrained_path=str(tmp_path / "list.pth"))
