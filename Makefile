@@ -47,7 +47,7 @@ GOAT_EPOCHS ?= 12
 goat-evidence: $(STAMP) $(DEMO_DATA)/query
 	$(PYTHON) benchmarks/goat_synthetic.py --dataset $(DEMO_DATA) --epochs $(GOAT_EPOCHS)
 
-# Transfer matrix ResNet50 / DenseNet121 / ResNeXt50 under FNA and SMA at eps 2 and 5 (about 1.5 h on 2 CPU cores).
+# Transfer matrix ResNet50 / DenseNet121 / ResNeXt50 under FNA and SMA at eps 2 and 5 (about 55 min on 2 CPU cores).
 transfer-evidence: $(STAMP)
 	$(PYTHON) benchmarks/transfer_synthetic.py --work attacks/transfer-evidence --epochs 6 --workers 1
 
