@@ -139,8 +139,6 @@ def main(argv=None):
         stem = os.path.splitext(os.path.basename(args.filename))[0]
     device = distributed.setup(args.device, args.gpu)  # under torchrun: this process's device
     amp.check(args.amp, device)
-    if args.transfer_to and distributed.world_size() > 1:
-        raise ReidError("--transfer-to: not supported under torchrun yet; run it as one process")
     opts.out = args.out or distributed.broadcast_object(default_out(stem, args.dataset))  # rank 0's time
     if distributed.is_main():  # one process probes (several would race on the same folders)
         check_writable_dir(opts.out, "--out")  # now, not after extracting every feature

@@ -341,7 +341,7 @@ def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device
         saver = ImageSaver(out, label, target, data, eps, opts.norm) if first and opts.save_images else None
         pictures = (Pictures(out, label, query, gallery, picked, transform, query_attacked=not opts.gallery)
                     if first and picked else None)
-        transfer = TransferFeatures(targets, target.name, opts.cosine) if targets else None
+        transfer = TransferFeatures(targets, target.name, opts.cosine, loader) if targets else None
         generator = torch.Generator().manual_seed(opts.seed * 1000003 + run)
         attack = name
         if name in UNIVERSAL_ATTACKS:
@@ -358,7 +358,7 @@ def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device
         per_query.append(values)
         stats.append(st)
         if transfer is not None:
-            transfer.record(name, metric)
+            transfer.record(name, eps, metric)
         if first:
             arrays[f"{target.name}_features_adv_{label}"] = adv_feats.cpu().numpy()
             arrays.update(transfer.arrays(label) if transfer is not None else {})
@@ -433,7 +433,7 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
         config["transfer_targets"] = {t.label: t.info for t in targets}
     results = {"config": config, "clean": clean, "attacks": {}}
     if targets:
-        results["transfer"] = {t.label: t.results() for t in targets}
+        results["transfer"] = {t.label: t.results(sweep) for t in targets}
     arrays = {"query_features": query.feats.cpu().numpy(), "query_pids": query.pids, "query_camids": query.camids,
               "gallery_features": gallery.feats.cpu().numpy(), "gallery_pids": gallery.pids,
               "gallery_camids": gallery.camids, **clean_arrays(targets)}
@@ -459,11 +459,10 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
             else:
                 results["attacks"][name] = entry
             if targets:
-                results["transfer"] = {t.label: t.results() for t in targets}
+                results["transfer"] = {t.label: t.results(sweep) for t in targets}
             candidates += [(name, run, values) for run, values in enumerate(per_query)]
             write_json(os.path.join(out, "results.json"), results)  # after each attack: nothing lost
-            moved = "".join(f", on {os.path.basename(t.label)} "
-                            f"{100 * results['transfer'][t.label]['attacks'][label]['mean']['mAP']:.2f}"
+            moved = "".join(f", on {os.path.basename(t.label)} {100 * np.mean([r['mAP'] for r in t.runs[name, eps]]):.2f}"
                             for t in targets)
             print(f"{name}{f' at eps {eps_text(eps, opts.norm)}' if sweep else ''}: mAP "
                   f"{100 * entry['mean']['mAP']:.2f}{moved} ({entry['images_attacked']} images attacked, "
@@ -471,27 +470,29 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
         if len(candidates) > 1:
             worst.append(worst_entry(candidates, eps, target))
             results["worst"] = {"by_eps": worst} if sweep else worst[0]
+            for t in targets:  # the same rule on each target, over the same candidates
+                t.worst.append(worst_entry(t.candidates(opts.attack, eps), eps, target))
+                results["transfer"][t.label] = t.results(sweep)
     write_json(os.path.join(out, "results.json"), results)
     if opts.save_features:
         write_features(out, arrays)
     print(data.summary())
-    table = report_rows(results)
+    def at_budget(res, eps):
+        """(name, METRICS) of clean, then each attack and the worst case at budget eps."""
+        return [(name, m) for name, e, m in report_rows(res) if name == CLEAN] + [
+            (name, m) for name, e, m in report_rows(res) if name != CLEAN and e == eps]
+
     for eps in budgets if opts.attack else budgets[:1]:
-        rows = [(CLEAN, clean)] + [(name, m) for name, e, m in table if name != CLEAN and e == eps]
+        rows = at_budget(results, eps)
         print(f"\n{target} attacks, eps {eps_text(eps, opts.norm)}, {opts.max_iter} iterations, "
               f"{opts.nb_repeat} run(s), {metric} distance")
         print(metrics_table(rows))
         if targets:
-            names = [n for n, _ in rows]
-            label = (lambda n: eps_label(n, eps)) if sweep else (lambda n: n)
             columns = [("white-box", dict(rows))] + [
-                (os.path.basename(t.label), {CLEAN: results["transfer"][t.label]["clean"],
-                                             **{n: results["transfer"][t.label]["attacks"][label(n)]["mean"]
-                                                for n in names if label(n) in results["transfer"][t.label]["attacks"]}})
-                for t in targets]
+                (os.path.basename(t.label), dict(at_budget(results["transfer"][t.label], eps))) for t in targets]
             print("\nwhite-box (this model) and transfer (the same adversarial images on each --transfer-to model), "
                   "mAP / rank-1 in %")
-            print(side_by_side(names, columns))
+            print(side_by_side([n for n, _ in rows], columns))
     print(f"results -> {os.path.join(out, 'results.json')}")
     if sweep or worst:
         write_robustness(results, out)

@@ -13,9 +13,11 @@ share of the work a rank does and puts the shares back together:
   * training: ``wrap`` puts the model in ``DistributedDataParallel`` (gradients averaged over
     the ranks at every step), ``reid.data.ShardedBatchSampler`` gives each rank its part of
     every global batch;
-  * evaluation: ``shard_loader`` hands a rank a contiguous block of a split, ``gather_shards``
-    concatenates every rank's block (all_gather of variable-size tensors) in split order, so
-    features and adversarial features come back whole, on every rank;
+  * evaluation: ``shard_loader`` hands a rank a contiguous block of whole batches of a split
+    (the batches one process makes, so the numbers do not depend on the number of
+    processes), ``gather_shards`` concatenates every rank's block (all_gather of
+    variable-size tensors) in split order, so features and adversarial features come back
+    whole, on every rank;
   * metrics are computed once, on rank 0, and broadcast (``broadcast_object``); rank 0 alone
     prints, logs and writes files (``main_only``); the others' stdout and progress are silent,
     their errors still reach stderr.
@@ -151,42 +153,59 @@ def _comm_device():
 # --------------------------------------------------------------------------- sharding
 
 
-def shard_bounds(n, rank_=None, world=None):
-    """[start, stop) of the contiguous block of n items that ``rank_`` of ``world`` handles;
-    the blocks differ in size by at most one and, in rank order, cover 0..n-1."""
+def shard_bounds(n, rank_=None, world=None, unit=1):
+    """[start, stop) of the block of n items that ``rank_`` of ``world`` handles: whole
+    ``unit``s (batches; the last one may be short), as many per rank as can be, give or take
+    one; in rank order the blocks cover 0..n-1. A rank gets an empty block when there are
+    fewer units than ranks."""
     rank_ = rank() if rank_ is None else rank_
     world = world_size() if world is None else world
-    return n * rank_ // world, n * (rank_ + 1) // world
+    units = -(-n // unit)
+    return min(n, units * rank_ // world * unit), min(n, units * (rank_ + 1) // world * unit)
 
 
 def shard_loader(loader):
-    """A loader over this rank's block of ``loader``'s dataset (same batch size and workers;
-    items keep their index in the whole split). ``loader`` itself when not distributed."""
+    """A loader over this rank's block of ``loader``'s dataset: whole batches of it, the very
+    batches one process would make (same images, same size), so that each image goes through
+    the model in the same company whatever the number of processes; on the CPU that keeps the
+    float results, and so the numbers, the same to the bit. Same batch size, workers and
+    generator; items keep their index in the whole split. ``loader`` itself when not
+    distributed."""
     if not active():
         return loader
-    n = len(loader.dataset)
-    if n < world_size():
-        raise ReidError(f"torchrun: a split of {n} images cannot be shared by {world_size()} processes")
-    start, stop = shard_bounds(n)
+    start, stop = shard_bounds(len(loader.dataset), unit=loader.batch_size)
     return DataLoader(Subset(loader.dataset, range(start, stop)), batch_size=loader.batch_size,
-                      shuffle=False, num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+                      shuffle=False, num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                      generator=loader.generator)
 
 
 def gather_shards(local):
     """Every rank's ``local`` (n_r, ...) concatenated in rank order, on every rank, on
-    ``local``'s device: an all_gather of tensors whose first dimension differs by rank."""
+    ``local``'s device: an all_gather of tensors whose first dimension differs by rank. A rank
+    with nothing to give passes any empty tensor; the others' shape and dtype are used."""
     if not active():
         return local
     device, comm = local.device, _comm_device()
-    t = local.to(comm).contiguous()
-    sizes = [torch.zeros(1, dtype=torch.long, device=comm) for _ in range(world_size())]
-    dist.all_gather(sizes, torch.tensor([len(t)], dtype=torch.long, device=comm))
-    sizes = [int(s) for s in sizes]
-    padded = t.new_zeros((max(sizes), *t.shape[1:]))
+    shapes = all_gather_object((len(local), tuple(local.shape[1:]), local.dtype))
+    sizes = [s[0] for s in shapes]
+    if not any(sizes):
+        return local
+    _, trail, dtype = next(s for s in shapes if s[0])
+    t = local.reshape(len(local), *trail).to(comm, dtype).contiguous()
+    padded = t.new_zeros((max(sizes), *trail))
     padded[: len(t)] = t
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
     return torch.cat([p[:s] for p, s in zip(parts, sizes)]).to(device)
+
+
+def gather_rows(rows, loader):
+    """``rows`` (N, ...), one per item of ``loader``'s dataset, of which this rank filled its
+    block (``shard_loader``): the whole, on every rank."""
+    if not active():
+        return rows
+    start, stop = shard_bounds(len(rows), unit=loader.batch_size)
+    return gather_shards(rows[start:stop])
 
 
 def all_max(value):

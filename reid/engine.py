@@ -204,8 +204,7 @@ def attack_split(model, loader, target, name, *, guides=None, single=False, cosi
         largest = torch.maximum(largest, moved.double())
         if on_batch is not None:
             on_batch(images, adv, idx, plan.attacked[idx.to(plan.device)].to(device))
-    start_row, stop_row = distributed.shard_bounds(len(adv_feats))
-    adv_feats = distributed.gather_shards(adv_feats[start_row:stop_row])
+    adv_feats = distributed.gather_rows(adv_feats, loader)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
     stats = {"max_perturbation": distributed.all_max(largest) * (255.0 if norm == "linf" else 1.0),

@@ -27,6 +27,8 @@ def extract_features(model, loader, device, desc="features", normalize=False):
             camids.append(camid)
     finally:
         model.train(was_training)
+    if not feats:  # under torchrun, a process with no batch of this split
+        feats, pids, camids = [torch.empty(0, device=device)], [torch.empty(0)], [torch.empty(0)]
     feats = distributed.gather_shards(torch.cat(feats))
     pids, camids = (distributed.gather_shards(torch.cat(x)) for x in (pids, camids))
     if normalize:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
+from reid import distributed
 from reid.checkpoint import file_sha256, load_model
 from reid.data import build_transforms, eval_loader
 from reid.engine import Split, split_metrics, summarize_runs
@@ -52,16 +53,29 @@ class TransferTarget:
     resize_from: tuple = None     # the surrogate's (H, W) when adversarial images are resized
     splits: dict = field(default_factory=dict)   # "query" / "gallery" -> Split (clean features)
     clean: dict = None                           # METRICS of the clean features
-    runs: dict = field(default_factory=dict)     # attack -> [METRICS per run]
+    runs: dict = field(default_factory=dict)       # (attack, eps) -> [METRICS per run]
+    per_query: dict = field(default_factory=dict)  # (attack, eps) -> [per-query values per run]
+    worst: list = field(default_factory=list)      # the worst case on this target, per budget
     info: dict = field(default_factory=dict)
 
-    def results(self):
-        """Its results.json entry: {"clean": METRICS, "attacks": {NAME: {"mean", "std", "runs"}}}."""
+    def results(self, sweep=False):
+        """Its results.json entry, shaped as the surrogate's results: {"clean": METRICS,
+        "attacks": {NAME: {"mean", "std", "runs", "eps"}}} (with a sweep NAME: {"by_eps":
+        [...]}), plus "worst" once computed; so ``reid.report`` reads it as it reads those."""
         attacks = {}
-        for name, runs in self.runs.items():
+        for (name, eps), runs in self.runs.items():
             summary = summarize_runs(runs)
-            attacks[name] = {"mean": summary["mean"], "std": summary["std"], "runs": runs}
-        return {"clean": self.clean, "attacks": attacks}
+            entry = {"mean": summary["mean"], "std": summary["std"], "runs": runs, "eps": eps}
+            if sweep:
+                attacks.setdefault(name, {"by_eps": []})["by_eps"].append(entry)
+            else:
+                attacks[name] = entry
+        worst = {"worst": {"by_eps": self.worst} if sweep else self.worst[0]} if self.worst else {}
+        return {"clean": self.clean, "attacks": attacks, **worst}
+
+    def candidates(self, names, eps):
+        """The worst case's candidates at budget ``eps``: (attack, run, per-query values)."""
+        return [(name, run, values) for name in names for run, values in enumerate(self.per_query[name, eps])]
 
 
 def load_targets(paths, input_size, device):
@@ -103,10 +117,12 @@ def clean_arrays(targets):
 
 
 class TransferFeatures:
-    """`attack_split`'s per-batch hook: the adversarial features of every target for one run."""
+    """`attack_split`'s per-batch hook: the adversarial features of every target for one run.
+    `loader`: the loader of the attacked split; under torchrun each process fills the rows
+    of its batches, and `record` puts them together."""
 
-    def __init__(self, targets, split, cosine):
-        self.targets, self.split, self.cosine = targets, split, cosine
+    def __init__(self, targets, split, cosine, loader):
+        self.targets, self.split, self.cosine, self.loader = targets, split, cosine, loader
         self.feats = [torch.empty_like(t.splits[split].feats) for t in targets]
 
     @torch.no_grad()
@@ -128,9 +144,14 @@ class TransferFeatures:
         target's position in --transfer-to."""
         return {f"transfer{k}_{self.split}_features_adv_{name}": f.cpu().numpy() for k, f in enumerate(self.feats)}
 
-    def record(self, name, metric):
-        """Append this run's metrics to each target's runs of attack `name`."""
+    def record(self, name, eps, metric):
+        """At the end of the run: every process's rows gathered (under torchrun), and this
+        run's metrics (and per-query values, the worst case's candidates) appended to each
+        target's runs of attack `name` at budget `eps`."""
+        self.feats = [distributed.gather_rows(f, self.loader) for f in self.feats]
         for target, feats in zip(self.targets, self.feats):
             adv = {f"{self.split}_feats": feats}
-            target.runs.setdefault(name, []).append(
-                split_metrics(target.splits["query"], target.splits["gallery"], metric, **adv))
+            metrics, values = split_metrics(target.splits["query"], target.splits["gallery"], metric,
+                                            per_query=True, **adv)
+            target.runs.setdefault((name, eps), []).append(metrics)
+            target.per_query.setdefault((name, eps), []).append(values)

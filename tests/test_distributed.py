@@ -75,6 +75,19 @@ def test_shard_bounds_cover_in_order():
             assert max(b - a for a, b in blocks) - min(b - a for a, b in blocks) <= 1
 
 
+@pytest.mark.parametrize("n,unit,world", [(90, 32, 2), (230, 32, 2), (17, 3, 4), (5, 8, 3), (64, 8, 3)])
+def test_shard_bounds_deal_out_the_one_process_batches(n, unit, world):
+    batches = [list(range(i, min(i + unit, n))) for i in range(0, n, unit)]   # one process's batches
+    dealt = []
+    for r in range(world):
+        start, stop = distributed.shard_bounds(n, r, world, unit)
+        assert start % unit == 0 and (stop % unit == 0 or stop == n)
+        dealt += [list(range(i, min(i + unit, stop))) for i in range(start, stop, unit)]
+        counts = [len(range(*distributed.shard_bounds(n, q, world, unit))) for q in range(world)]
+    assert dealt == batches                          # the same batches, in order, each on one rank
+    assert max(counts) - min(counts) <= unit         # shared out to within one batch
+
+
 def test_random_starts_do_not_depend_on_batches():
     model = tiny_model()
     gen = torch.Generator().manual_seed(0)
@@ -206,30 +219,59 @@ def png(path):
     return np.asarray(Image.open(path))
 
 
+def npz(path):
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
 @pytest.mark.distributed
 def test_gen_adv_same_numbers_with_one_and_two_processes(ddp_checkpoint, tiny_data, tmp_path):
     ckpt_dir, _ = ddp_checkpoint
-    args = ("gen_adv.py", ckpt_dir, tiny_data, "m.th", "-a", "SMA", "--max_iter", 3, "--workers", 0,
-            "--device", "cpu", "--save-images", "--visualize", 2)
-    run(*args, "-b", 5, "--out", tmp_path / "one", nproc=None)
-    run(*args, "-b", 3, "--out", tmp_path / "two")   # other batches too: starts are drawn per image
+    args = ("gen_adv.py", ckpt_dir, tiny_data, "m.th", "-a", "SMA", "IFGSM", "--max_iter", 3, "--workers", 0,
+            "--device", "cpu", "--save-images", "--save-features", "--visualize", 2, "-b", 3,
+            "--transfer-to", os.path.join(ckpt_dir, "m-last.th"))
+    run(*args, "--out", tmp_path / "one", nproc=None)
+    run(*args, "--out", tmp_path / "two")
     one, two = (json.load(open(tmp_path / d / "results.json")) for d in ("one", "two"))
     assert two["config"]["processes"] == 2
+    # each process attacks whole batches, the batches one process makes: the same numbers to the bit
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("config",)}  # noqa: E731
+    for entry in (*one["attacks"].values(), *two["attacks"].values()):
+        entry.pop("attack_seconds")
+    assert strip(one) == strip(two)
+    assert one["transfer"] and one["worst"]
+    sma = one["attacks"]["SMA"]
+    assert 4.9 < sma["max_perturbation"] < 5.01 and sma["images_attacked"] == 16
+    feats = [npz(tmp_path / d / "features.npz") for d in ("one", "two")]
+    assert feats[0].keys() == feats[1].keys() and "transfer0_query_features_adv_SMA" in feats[0]
+    assert all(np.array_equal(feats[0][k], feats[1][k]) for k in feats[0])
+    # every adversarial image saved (each by the process that made it), the same images
+    folder = os.path.join("images", "SMA", "query")
+    names = sorted(os.listdir(tmp_path / "one" / folder))
+    assert names == sorted(os.listdir(tmp_path / "two" / folder)) and len(names) == 16
+    for name in names:
+        assert np.array_equal(png(tmp_path / "one" / folder / name), png(tmp_path / "two" / folder / name))
+    assert sorted(os.listdir(tmp_path / "two" / "rankings")) == sorted(os.listdir(tmp_path / "one" / "rankings"))
+    assert np.array_equal(png(tmp_path / "one" / "perturbation_SMA.png"), png(tmp_path / "two" / "perturbation_SMA.png"))
+
+
+@pytest.mark.distributed
+def test_gen_adv_random_starts_do_not_depend_on_the_batch_size(ddp_checkpoint, tiny_data, tmp_path):
+    ckpt_dir, _ = ddp_checkpoint
+    args = ("gen_adv.py", ckpt_dir, tiny_data, "m.th", "-a", "SMA", "--max_iter", 3, "--workers", 0,
+            "--device", "cpu", "--save-images")
+    run(*args, "-b", 5, "--out", tmp_path / "one", nproc=None)
+    run(*args, "-b", 3, "--out", tmp_path / "two")
+    one, two = (json.load(open(tmp_path / d / "results.json")) for d in ("one", "two"))
     for a, b in ((one["clean"], two["clean"]), (one["attacks"]["SMA"]["mean"], two["attacks"]["SMA"]["mean"])):
         assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-6 for k in a)
-    sma = one["attacks"]["SMA"]
-    assert 4.9 < sma["max_perturbation"] == two["attacks"]["SMA"]["max_perturbation"] < 5.01
-    assert sma["images_attacked"] == two["attacks"]["SMA"]["images_attacked"] == 16
-    # every adversarial image saved (each by the process that made it), the same images: the same
-    # starts and steps; only a gradient sign flipped by float summation order could move a pixel
+    # other batches: the same starts and steps; only a gradient sign flipped by float
+    # summation order (the batch size) could move a pixel
     folder = os.path.join("images", "SMA", "query")
     names = sorted(os.listdir(tmp_path / "one" / folder))
     assert names == sorted(os.listdir(tmp_path / "two" / folder)) and len(names) == 16
     for name in names:
         assert np.mean(png(tmp_path / "one" / folder / name) != png(tmp_path / "two" / folder / name)) < 1e-3
-    assert sorted(os.listdir(tmp_path / "two" / "rankings")) == sorted(os.listdir(tmp_path / "one" / "rankings"))
-    grids = [png(tmp_path / d / "perturbation_SMA.png") for d in ("one", "two")]
-    assert grids[0].shape == grids[1].shape and np.mean(grids[0] != grids[1]) < 1e-3
 
 
 FAILING = """

@@ -11,12 +11,14 @@ import reid.transfer
 from reid.checkpoint import load_model, read_checkpoint
 from reid.data import build_transforms, load_dataset, read_image
 from reid.engine import retrieval_metrics
+from reid.report import entries
 from reid.utils import ReidError
 
 COMMON = ["--max_iter", "3", "--eps", "3", "--seed", "3", "--device", "cpu", "--workers", "0"]
 
 
-@pytest.mark.parametrize("extra", [["-a", "SMA", "FNA", "-n", "2"], ["-a", "FNA", "--cosine"]])
+@pytest.mark.parametrize("extra", [["-a", "SMA", "FNA", "-n", "2"], ["-a", "FNA", "--cosine"],
+                                   ["-a", "FNA", "IFGSM", "--eps", "2", "4"]])
 def test_surrogate_as_its_own_target_reproduces_white_box(trained_checkpoint, synthetic_dataset, tmp_path, capsys,
                                                           extra):
     import gen_adv
@@ -25,20 +27,30 @@ def test_surrogate_as_its_own_target_reproduces_white_box(trained_checkpoint, sy
                             str(tmp_path), "--transfer-to", ckpt])
     own = results["transfer"][ckpt]
     assert own["clean"] == results["clean"]
-    for name in results["attacks"]:  # every run, every metric, to the last bit
-        assert own["attacks"][name]["runs"] == results["attacks"][name]["runs"]
-        assert own["attacks"][name]["mean"] == results["attacks"][name]["mean"]
-        assert own["attacks"][name]["mean"]["mAP"] < own["clean"]["mAP"]
-    assert set(own["attacks"]["FNA"]) == {"mean", "std", "runs"}
+    for name, value in results["attacks"].items():  # every budget, every run, every metric, to the last bit
+        mine = entries(own["attacks"][name])
+        assert len(mine) == len(entries(value)) and set(mine[0]) == {"mean", "std", "runs", "eps"}
+        for m, e in zip(mine, entries(value)):
+            assert (m["runs"], m["mean"], m["eps"]) == (e["runs"], e["mean"], e["eps"])
+            assert m["mean"]["mAP"] < own["clean"]["mAP"]
+    if "worst" in results:  # the worst case per query, over the same candidates, on the target too
+        assert [w["metrics"] for w in entries(own["worst"])] == [w["metrics"] for w in entries(results["worst"])]
+        assert [w["eps"] for w in entries(own["worst"])] == [w["eps"] for w in entries(results["worst"])]
+    else:
+        assert "worst" not in own
     target = results["config"]["transfer_targets"][ckpt]
     assert target["adversarial_images_resized_from"] is None and target["input_size"] == [64, 32]
     assert json.load(open(tmp_path / "results.json"))["transfer"] == results["transfer"]
     assert not (tmp_path / "images").exists()  # nothing written for the transfer
     table = capsys.readouterr().out.split("white-box (this model) and transfer")[1].splitlines()
     assert table[1].split() == ["white-box", "m.th"]
-    fna = results["attacks"]["FNA"]["mean"]
+    fna = entries(results["attacks"]["FNA"])[0]["mean"]
     row = next(line for line in table if line.startswith("FNA "))
     assert row.split() == ["FNA"] + [f"{100 * fna['mAP']:.2f}", "/", f"{100 * fna['rank1']:.2f}"] * 2
+    if "worst" in results:
+        worst = entries(results["worst"])[0]["metrics"]
+        row = next(line for line in table if line.startswith("worst "))
+        assert row.split() == ["worst"] + [f"{100 * worst['mAP']:.2f}", "/", f"{100 * worst['rank1']:.2f}"] * 2
 
 
 def test_transfer_to_a_model_of_another_input_size(trained_checkpoint, synthetic_dataset, tmp_path, monkeypatch):
@@ -112,3 +124,31 @@ def test_transfer_flag_errors(trained_checkpoint, synthetic_dataset, tmp_path):
         gen_adv.main([str(trained_checkpoint), synthetic_dataset, "m.th", "--device", "cpu", "--out", str(out),
                       "--transfer-to", str(tmp_path / "junk.th")])
     assert not out.exists()  # stopped before any feature was extracted
+
+
+def test_worst_case_on_a_target_is_taken_over_its_own_features(trained_checkpoint, synthetic_dataset, tmp_path):
+    """Another model as the target (the weights read at 96x48): its worst case per query is the
+    lowest AP among ITS features under each attack, not the surrogate's."""
+    import gen_adv
+    from reid.engine import pairwise_distance
+    from reid.metrics import evaluate_rank
+
+    ckpt = read_checkpoint(str(trained_checkpoint / "m.th"))
+    ckpt["input_size"] = [96, 48]
+    target_path = str(tmp_path / "big.th")
+    torch.save(ckpt, target_path)
+    out = tmp_path / "out"
+    results = gen_adv.main([str(trained_checkpoint), synthetic_dataset, "m.th", "-a", "FNA", "SMA", *COMMON,
+                            "--save-features", "--out", str(out), "--transfer-to", target_path])
+    feats = np.load(out / "features.npz")
+    data = load_dataset(synthetic_dataset)
+    labels = [np.array([getattr(s, k) for s in split]) for split in (data.query, data.gallery) for k in ("pid", "camid")]
+    gallery = torch.from_numpy(feats["transfer0_gallery_features"])
+    aps = [evaluate_rank(pairwise_distance(torch.from_numpy(feats[f"transfer0_query_features_adv_{a}"]), gallery),
+                         labels[0], labels[2], labels[1], labels[3], per_query=True)["per_query"]["ap"]
+           for a in ("FNA", "SMA")]
+    lowest = np.fmin(*aps)                     # NaN for a query without a valid match
+    worst = results["transfer"][target_path]["worst"]
+    assert worst["metrics"]["mAP"] == pytest.approx(np.nanmean(lowest), abs=1e-9)
+    assert worst["metrics"]["mAP"] != pytest.approx(results["worst"]["metrics"]["mAP"], abs=1e-6)
+    assert worst["candidates"] == ["FNA run 0", "SMA run 0"] and sum(worst["lowest_ap"].values()) > 0

@@ -69,5 +69,8 @@ def train_loader(samples, transform, batch_size, num_instances=None, workers=0, 
 
 
 def eval_loader(samples, transform, batch_size, workers=0):
+    """Evaluation loader: the samples in order. It has its own generator, so iterating it
+    leaves the global RNG alone (a DataLoader draws its workers' base seed from it
+    otherwise): evaluating during training does not change the training run."""
     return DataLoader(ImageDataset(samples, transform), batch_size=batch_size,
-                      shuffle=False, num_workers=workers)
+                      shuffle=False, num_workers=workers, generator=torch.Generator().manual_seed(0))
