@@ -135,6 +135,12 @@ def check_options(opts):
         check_number(flag, value, low)
     check_number("--seed", opts.seed, 0, MAX_SEED)
     check_uap_flags(opts)
+    level = 1.0 if opts.norm == "linf" else 1.0 / 255  # one 8-bit step, in the budget's units
+    small = [e for e in budgets if e < level - 1e-9]
+    if opts.save_images and opts.attack and small:
+        raise ReidError(f"--save-images: eps {eps_text(small[0], opts.norm)} is below one 8-bit level "
+                        f"({eps_text(level, opts.norm)}), so a PNG would hold the clean image; drop "
+                        "--save-images or use a larger --eps")
     opts.transfer_to = [str(p) for p in (opts.transfer_to or [])]
     check_transfer_paths(opts.transfer_to)
     return opts

@@ -303,6 +303,10 @@ def test_train_numeric_flags(args, message):
     (["-a", "FNA", "--eps", "1", "nan"], "--eps nan: expected a finite number"),
     (["-a", "FNA", "--norm", "l2", "--eps", "-0.5"], "--eps -0.5: an L2 radius must be in (0, inf]"),
     (["-a", "SMA", "noise", "--norm", "l2"], "--norm l2: noise is a universal L-inf perturbation"),
+    (["-a", "FNA", "--eps", "0.5", "2", "--save-images"],
+     "--save-images: eps 0.5/255 is below one 8-bit level (1/255), so a PNG would hold the clean image"),
+    (["-a", "FNA", "--norm", "l2", "--eps", "0.002", "--save-images"],
+     "--save-images: eps 0.002 (L2) is below one 8-bit level (0.00392157 (L2))"),
 ])
 def test_gen_adv_numeric_flags(args, message):
     with pytest.raises(ReidError) as info:
@@ -311,6 +315,8 @@ def test_gen_adv_numeric_flags(args, message):
 
 
 def test_gen_adv_budget_flags_are_normalised():
+    gen_adv_args("-a", "FNA", "--eps", "0.5", "2")                    # small budgets without images are fine
+    gen_adv_args("-a", "FNA", "--eps", "1", "--save-images")          # one 8-bit level can be saved
     args = gen_adv_args("-a", "SMA", "--eps", "2")
     assert (args.eps, args.step, args.norm) == (2.0, 1.0, "linf")  # one budget: a number, as before
     args = gen_adv_args("-a", "SMA", "--eps", "1", "4", "--step", "AUTO")
