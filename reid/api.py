@@ -433,7 +433,7 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
     config = {**asdict(opts), "dataset_folder": dataset_folder, **(config or {}),
               "model": describe() if callable(describe) else type(model).__name__,
               "input_size": [height, width], "dataset_root": data.root, "metric": metric, "device": str(device),
-              "processes": distributed.world_size(),
+              "processes": distributed.world_size(), "threads": torch.get_num_threads(),
               "versions": versions()}
     if targets:
         config["transfer_targets"] = {t.label: t.info for t in targets}

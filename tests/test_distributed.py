@@ -233,7 +233,8 @@ def test_gen_adv_same_numbers_with_one_and_two_processes(ddp_checkpoint, tiny_da
     run(*args, "--out", tmp_path / "one", nproc=None)
     run(*args, "--out", tmp_path / "two")
     one, two = (json.load(open(tmp_path / d / "results.json")) for d in ("one", "two"))
-    assert two["config"]["processes"] == 2
+    assert (one["config"]["processes"], two["config"]["processes"]) == (1, 2)
+    assert one["config"]["threads"] == two["config"]["threads"] == 1      # OMP_NUM_THREADS=1, as compared
     # each process attacks whole batches, the batches one process makes: the same numbers to the bit
     strip = lambda r: {k: v for k, v in r.items() if k not in ("config",)}  # noqa: E731
     for entry in (*one["attacks"].values(), *two["attacks"].values()):
