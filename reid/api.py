@@ -34,8 +34,7 @@ from reid.engine import (Split, attack_split, learn_universal, metrics_table, si
                          summarize_runs)
 from reid.features import extract_features
 from reid.metrics import pairwise_distance
-from reid.report import CLEAN, worst_entry, write_report
-from reid.report import rows as report_rows
+from reid.report import budget_rows, worst_entry, write_report
 from reid.transfer import TransferFeatures, check_transfer_paths, clean_arrays, extract_target_features, load_targets
 from reid.utils import (MAX_SEED, ReidError, _first_message_line, atomic_path, check_input_dir, check_number,
                         check_writable_dir, link_or_copy, load_torch_file, resolve_device, seed_everything)
@@ -468,8 +467,8 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
                 results["transfer"] = {t.label: t.results(sweep) for t in targets}
             candidates += [(name, run, values) for run, values in enumerate(per_query)]
             write_json(os.path.join(out, "results.json"), results)  # after each attack: nothing lost
-            moved = "".join(f", on {os.path.basename(t.label)} {100 * np.mean([r['mAP'] for r in t.runs[name, eps]]):.2f}"
-                            for t in targets)
+            moved = "".join(f", on {os.path.basename(t.label)} "
+                            f"{100 * np.mean([r['mAP'] for r in t.runs[name, eps]]):.2f}" for t in targets)
             print(f"{name}{f' at eps {eps_text(eps, opts.norm)}' if sweep else ''}: mAP "
                   f"{100 * entry['mean']['mAP']:.2f}{moved} ({entry['images_attacked']} images attacked, "
                   f"{entry['attack_seconds']:.1f} s)")
@@ -483,26 +482,27 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
     if opts.save_features:
         write_features(out, arrays)
     print(data.summary())
-    def at_budget(res, eps):
-        """(name, METRICS) of clean, then each attack and the worst case at budget eps."""
-        return [(name, m) for name, e, m in report_rows(res) if name == CLEAN] + [
-            (name, m) for name, e, m in report_rows(res) if name != CLEAN and e == eps]
+    print_tables(results, opts, budgets if opts.attack else budgets[:1], target, targets)
+    print(f"results -> {os.path.join(out, 'results.json')}")
+    if sweep or worst:
+        write_robustness(results, out)
+    return results
 
-    for eps in budgets if opts.attack else budgets[:1]:
-        rows = at_budget(results, eps)
+
+def print_tables(results, opts, budgets, target, targets):
+    """The metrics at each budget, and white-box beside each transfer target's."""
+    metric = results["config"]["metric"]
+    for eps in budgets:
+        rows = budget_rows(results, eps)
         print(f"\n{target} attacks, eps {eps_text(eps, opts.norm)}, {opts.max_iter} iterations, "
               f"{opts.nb_repeat} run(s), {metric} distance")
         print(metrics_table(rows))
         if targets:
             columns = [("white-box", dict(rows))] + [
-                (os.path.basename(t.label), dict(at_budget(results["transfer"][t.label], eps))) for t in targets]
+                (os.path.basename(t.label), dict(budget_rows(results["transfer"][t.label], eps))) for t in targets]
             print("\nwhite-box (this model) and transfer (the same adversarial images on each --transfer-to model), "
                   "mAP / rank-1 in %")
             print(side_by_side([n for n, _ in rows], columns))
-    print(f"results -> {os.path.join(out, 'results.json')}")
-    if sweep or worst:
-        write_robustness(results, out)
-    return results
 
 
 @distributed.main_only

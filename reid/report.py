@@ -106,6 +106,12 @@ def rows(results):
     return out
 
 
+def budget_rows(results, eps):
+    """(name, METRICS) at budget ``eps``: clean first, then each attack, then the worst case."""
+    table = rows(results)
+    return [(CLEAN, results["clean"])] + [(name, m) for name, e, m in table if name != CLEAN and e == eps]
+
+
 def write_csv(results, path):
     """robustness.csv: one row per (attack, eps), worst and clean included; metrics as fractions."""
     with atomic_path(path) as tmp:
