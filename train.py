@@ -23,7 +23,8 @@ from reid.checkpoint import load_model, rng_state, save_checkpoint, set_rng_stat
 from reid.data import DATASET_NAMES, build_transforms, eval_loader, load_dataset, train_loader
 from reid.defence import (MetaObjective, UapDefence, check_defence_flags, defence_config, meta_batch_size,
                           meta_seed, saved_settings)
-from reid.engine import Objective, append_jsonl, evaluate, format_metrics, lr_schedule, train_epoch
+from reid.engine import (Objective, append_jsonl, evaluate, format_metrics, keep_log_epochs, lr_schedule,
+                         train_epoch)
 from reid.goat import Goat, GuidePool, goat_config
 from reid.models import (ARCH_NAMES, DEFAULT_ARCH, build_model, check_arch, check_input_size,
                          pretrained_weights_path)
@@ -270,12 +271,16 @@ def main(argv=None):
         rng = distributed.rng_record(rng_state())  # every process's RNG state, for an exact --resume
         if not distributed.is_main():
             continue  # rank 0 alone writes the checkpoints and the log
-        if metrics and current_map > best_map:
+        new_best = bool(metrics) and current_map > best_map
+        if new_best:
             best_map = current_map
-            save_checkpoint(best_path, model, current_map, epoch, optimizer, best_map=best_map, **extra)
             record["saved_best"] = True
+        if epoch == start_epoch:  # the log continues the checkpoint: a fresh run starts an empty one
+            keep_log_epochs(log_path, epoch)
+        append_jsonl(log_path, record)  # before the checkpoints: a stop in between, --resume redoes the epoch
+        if new_best:
+            save_checkpoint(best_path, model, current_map, epoch, optimizer, best_map=best_map, **extra)
         save_checkpoint(last_path, model, current_map, epoch, optimizer, best_map=best_map, **rng, **extra)
-        append_jsonl(log_path, record)
     print(f"best mAP {best_map:.4f} -> {best_path}; last -> {last_path}; log -> {log_path}")
 
 

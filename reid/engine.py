@@ -21,7 +21,7 @@ from reid.data import Sample, build_transforms, eval_loader, train_loader
 from reid.features import extract_features
 from reid.losses import batch_hard_triplet_loss
 from reid.metrics import evaluate_rank, pairwise_distance
-from reid.utils import progress
+from reid.utils import ReidError, atomic_path, progress
 
 METRIC_NAMES = ("mAP", "rank1", "rank5", "rank10", "mINP")
 
@@ -134,10 +134,38 @@ def lr_schedule(kind, optimizer, last_epoch=-1):
 
 def append_jsonl(path, record):
     """Append one line; a line is small enough to be written whole."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def keep_log_epochs(path, epochs):
+    """Keep the records of the first `epochs` epochs of a training log, drop the rest (atomically).
+
+    train.py logs an epoch before checkpointing it, so a run stopped in between has logged one
+    epoch more than its last checkpoint holds: ``--resume`` redoes that epoch and must not log it
+    twice; a fresh run (``epochs`` 0) starts an empty log. A torn last line (a process killed in
+    the middle of writing it) is dropped; a bad line elsewhere is an error naming the file.
+    """
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f.read().split("\n") if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i + 1 < len(lines):
+                raise ReidError(f"{path}: line {i + 1} is not a JSON record (expected one line per epoch)")
+    kept = [r for r in records if isinstance(r, dict) and isinstance(r.get("epoch"), int) and r["epoch"] < epochs]
+    if len(kept) == len(lines):
+        return
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
 
 
 class Timer:

@@ -49,6 +49,8 @@ def test_gen_adv_clean_results_and_features(trained_checkpoint, synthetic_datase
 def test_resume_continues_exactly(synthetic_dataset, trained_checkpoint, tmp_path):
     straight, resumed = trained_checkpoint, tmp_path / "resumed"  # `trained`: 2 epochs in one go, seed 0
     train(synthetic_dataset, resumed, epochs=1)
+    with open(resumed / "m.log.jsonl", "a") as f:  # stopped after logging epoch 1, before checkpointing it,
+        f.write(json.dumps({"epoch": 1, "mAP": -1.0}) + '\n{"epoch": 2, "lo')   # and killed mid-line
     proc = train(synthetic_dataset, resumed, "--resume", epochs=2)
     assert "resuming" in proc.stdout
     assert "\r" not in proc.stderr and len(proc.stderr.splitlines()) <= 8, proc.stderr  # plain progress lines
@@ -58,7 +60,10 @@ def test_resume_continues_exactly(synthetic_dataset, trained_checkpoint, tmp_pat
     for k in a["net"]:
         assert torch.equal(a["net"][k], b["net"][k]), k
     logs = [[json.loads(x) for x in open(d / "m.log.jsonl")] for d in (straight, resumed)]
-    assert logs[0][-1]["mAP"] == logs[1][-1]["mAP"]
+    assert [r["epoch"] for r in logs[1]] == [0, 1]                   # the redone epoch logged once
+    assert [r["mAP"] for r in logs[0]] == [r["mAP"] for r in logs[1]]
+    train(synthetic_dataset, resumed, epochs=1)                      # a fresh run in the folder: a fresh log
+    assert [json.loads(x)["epoch"] for x in open(resumed / "m.log.jsonl")] == [0]
 
 
 def test_evaluating_does_not_change_the_training(synthetic_dataset, trained_checkpoint, tmp_path):

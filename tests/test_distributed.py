@@ -7,9 +7,11 @@ them alone, ``-m "not distributed"`` skips them); they use a tiny synthetic data
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -148,13 +150,20 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run(*args, nproc=2, check=True):
-    """A script under `torchrun --nproc_per_node nproc` (nproc None: plain python), one thread each."""
+def command(*args, nproc=2):
+    """The command line of a script under `torchrun --nproc_per_node nproc` (nproc None: plain python)."""
     launcher = [] if nproc is None else ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                                          "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, *launcher, *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, env=env, timeout=300)
+    return [sys.executable, *launcher, *map(str, args)]
+
+
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run(*args, nproc=2, check=True):
+    """A script under `torchrun --nproc_per_node nproc` (nproc None: plain python), one thread each."""
+    proc = subprocess.run(command(*args, nproc=nproc), cwd=ROOT, capture_output=True, text=True, env=ONE_THREAD,
+                          timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -213,6 +222,33 @@ def test_ddp_goat_epoch_with_identity_batches(tiny_data, tmp_path):
     run(*train_args(tiny_data, tmp_path, "--triplet", "-e", 32, "--id_batch", "-ni", 2, "--adv", "--adv-iters", 2))
     _, ckpt, _ = check_checkpoint(tmp_path, 0)
     assert ckpt["goat"]["push"] == "batch" and ckpt["model"]["kind"] == "triplet"
+
+
+@pytest.mark.distributed
+def test_ctrl_c_stops_every_process_and_keeps_the_last_checkpoint(tiny_data, tmp_path):
+    # Ctrl-C in a terminal: SIGINT to torchrun and its processes (one process group), mid-training
+    proc = subprocess.Popen(command(*train_args(tiny_data, tmp_path, "--classif", epochs=100)), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "m-last.th").exists():               # renamed into place: a whole checkpoint
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        time.sleep(0.5)                                               # into the next epoch
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0 and "interrupted" in err
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)                                        # no process of the run is left
+    epoch = read_checkpoint(str(tmp_path / "m-last.th"))["epoch"]
+    assert epoch < 99
+    resumed = run(*train_args(tiny_data, tmp_path, "--classif", "--resume", epochs=epoch + 2))
+    assert f"resuming {tmp_path / 'm-last.th'} at epoch {epoch + 1}" in resumed.stdout
+    check_checkpoint(tmp_path, epoch + 1)                            # one record per epoch, no leftovers
 
 
 def png(path):

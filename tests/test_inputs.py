@@ -190,6 +190,16 @@ def test_gen_adv_unwritable_out_fails_before_loading(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_training_log_with_a_bad_line_is_a_one_line_error(tmp_path):
+    from reid.engine import keep_log_epochs
+
+    log = tmp_path / "m.log.jsonl"
+    log.write_text('{"epoch": 0}\nnot json\n{"epoch": 1}\n')
+    with pytest.raises(ReidError, match=rf"^{log}: line 2 is not a JSON record"):
+        keep_log_epochs(str(log), 1)
+    assert log.read_text() == '{"epoch": 0}\nnot json\n{"epoch": 1}\n'   # left as it was
+
+
 def test_train_checkpoint_dir_is_a_file(tmp_path):
     (tmp_path / "taken").write_text("x")
     # the dataset does not exist either: the checkpoint folder is checked first
