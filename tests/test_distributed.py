@@ -7,6 +7,7 @@ them alone, ``-m "not distributed"`` skips them); they use a tiny synthetic data
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -222,6 +223,18 @@ def test_ddp_goat_epoch_with_identity_batches(tiny_data, tmp_path):
     run(*train_args(tiny_data, tmp_path, "--triplet", "-e", 32, "--id_batch", "-ni", 2, "--adv", "--adv-iters", 2))
     _, ckpt, _ = check_checkpoint(tmp_path, 0)
     assert ckpt["goat"]["push"] == "batch" and ckpt["model"]["kind"] == "triplet"
+
+
+@pytest.mark.distributed
+def test_ddp_goat_epoch_with_pool_guides_loaded_by_workers(tiny_data, tmp_path):
+    data = tmp_path / "market"
+    shutil.copytree(tiny_data, data)
+    run("sort_dataset.py", data, nproc=None)
+    ckpt_dir = tmp_path / "ckpt"
+    run(*train_args(data, ckpt_dir, "--classif", "--adv", "--adv-iters", 2, "--push", 2, "--pull"),
+        "--workers", 1)                                           # each process's loader worker reads its guides
+    _, ckpt, _ = check_checkpoint(ckpt_dir, 0)
+    assert ckpt["goat"]["push"] == "pool" and ckpt["goat"]["num_push"] == 2 and ckpt["goat"]["pull"]
 
 
 @pytest.mark.distributed
