@@ -141,6 +141,16 @@ def append_jsonl(path, record):
         os.fsync(f.fileno())
 
 
+def _logged_epoch(line):
+    """The epoch of one line of a training log; None if the line is not an epoch record."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    epoch = record.get("epoch") if isinstance(record, dict) else None
+    return epoch if isinstance(epoch, int) else None
+
+
 def keep_log_epochs(path, epochs):
     """Keep the records of the first `epochs` epochs of a training log, drop the rest (atomically).
 
@@ -153,19 +163,16 @@ def keep_log_epochs(path, epochs):
         return
     with open(path) as f:
         lines = [line for line in f.read().split("\n") if line.strip()]
-    records = []
-    for i, line in enumerate(lines):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i + 1 < len(lines):
-                raise ReidError(f"{path}: line {i + 1} is not a JSON record (expected one line per epoch)")
-    kept = [r for r in records if isinstance(r, dict) and isinstance(r.get("epoch"), int) and r["epoch"] < epochs]
+    logged = [_logged_epoch(line) for line in lines]
+    for i, epoch in enumerate(logged[:-1]):
+        if epoch is None:
+            raise ReidError(f"{path}: line {i + 1} is not an epoch record (expected one JSON line per epoch)")
+    kept = [line for line, epoch in zip(lines, logged) if epoch is not None and epoch < epochs]
     if len(kept) == len(lines):
         return
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
+            f.writelines(line + "\n" for line in kept)
 
 
 class Timer:

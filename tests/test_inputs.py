@@ -195,7 +195,7 @@ def test_a_training_log_with_a_bad_line_is_a_one_line_error(tmp_path):
 
     log = tmp_path / "m.log.jsonl"
     log.write_text('{"epoch": 0}\nnot json\n{"epoch": 1}\n')
-    with pytest.raises(ReidError, match=rf"^{log}: line 2 is not a JSON record"):
+    with pytest.raises(ReidError, match=rf"^{log}: line 2 is not an epoch record"):
         keep_log_epochs(str(log), 1)
     assert log.read_text() == '{"epoch": 0}\nnot json\n{"epoch": 1}\n'   # left as it was
 
