@@ -2,7 +2,7 @@
 
 In one run, on one model, batch size and input size: times one forward + backward
 pass with respect to the input (the unit cost of an iteration), then gen_adv's attack
-loop (`reid.engine.attack_split`: guide selection, T advertorch iterations per batch,
+loop (`reid.evaluation.attack_loop.attack_split`: guide selection, T advertorch iterations per batch,
 adversarial features, bookkeeping) for several attacks, and reports
 
     efficiency = n_batches * T * t(forward + backward) / t(attack loop)
@@ -29,8 +29,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from reid.engine import Split, attack_split  # noqa: E402
-from reid.models import ReidNet  # noqa: E402
+from reid.evaluation.attack_loop import attack_split  # noqa: E402
+from reid.evaluation.splits import Split  # noqa: E402
+from reid.models.backbones import ReidNet  # noqa: E402
 
 
 def sync(device):

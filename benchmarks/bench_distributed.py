@@ -102,7 +102,7 @@ def main():
 
     from reid.data import load_dataset
     from reid.data.synthetic import generate
-    from reid.distributed import shard_bounds
+    from reid.runtime.distributed import shard_bounds
 
     work = opts.work or tempfile.mkdtemp(prefix="bench_distributed-")
     data = opts.dataset

@@ -32,9 +32,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench_attacks import forward_backward_seconds, machine_info, start, sync, write_report  # noqa: E402
 from reid.data import build_transforms, load_dataset, train_loader  # noqa: E402
-from reid.engine import Objective, train_epoch  # noqa: E402
-from reid.goat import Goat, GoatConfig, GuidePool  # noqa: E402
-from reid.models import ReidNet  # noqa: E402
+from reid.training import Objective, train_epoch  # noqa: E402
+from reid.defences import Goat, GuidePool  # noqa: E402
+from reid.defences.goat import GoatConfig  # noqa: E402
+from reid.models.backbones import ReidNet  # noqa: E402
 
 
 def median_seconds(fn, device, repeats):

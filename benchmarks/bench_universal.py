@@ -27,9 +27,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench_attacks import forward_backward_seconds, machine_info, start, sync, write_report  # noqa: E402
 from reid.attacks import UapConfig, UniversalGuides, learn_uap  # noqa: E402
-from reid.defence import UapDefence, UapDefenceConfig  # noqa: E402
-from reid.engine import Objective, train_epoch  # noqa: E402
-from reid.models import ReidNet  # noqa: E402
+from reid.defences import UapDefence  # noqa: E402
+from reid.defences.universal import UapDefenceConfig  # noqa: E402
+from reid.training import Objective, train_epoch  # noqa: E402
+from reid.models.backbones import ReidNet  # noqa: E402
 
 
 def main():

@@ -22,7 +22,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from reid.checkpoint import read_checkpoint  # noqa: E402
+from reid.models.checkpoint import read_checkpoint  # noqa: E402
 
 ATTACKS = ("SMA", "FNA")
 MODELS = {

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import reid
-from reid.checkpoint import file_sha256, load_model
-from reid.utils import ReidError
+from reid.models import load_model
+from reid.runtime import ReidError, file_sha256
 from tests.conftest import ROOT, run_cli, tiny_model
 
 OPTIONS = dict(max_iter=3, device="cpu", workers=0, nb_repeat=2, seed=3)

@@ -10,26 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reid.attacks import (
-    ATTACK_NAMES,
-    ATTACKS,
-    GuidedLoss,
-    L2PGDAttack,
-    LinfPGDAttack,
-    MomentumIterativeAttack,
-    attack_batch,
-    auto_step,
-    check_attack_args,
-    check_budget,
-    image_diameter,
-    guided_loss,
-    pack_bank_guides,
-    pack_guides,
-    perturb,
-    plan_attack,
-    resolve_attack_names,
-)
-from reid.utils import ReidError
+from reid.attacks import (ATTACKS, ATTACK_NAMES, GuidedLoss, L2PGDAttack, LinfPGDAttack, MomentumIterativeAttack,
+                          attack_batch, auto_step, check_attack_args, check_budget, guided_loss, image_diameter,
+                          pack_bank_guides, pack_guides, perturb, plan_attack, resolve_attack_names)
+from reid.runtime import ReidError
 from tests.conftest import tiny_model
 
 EPS = 5.0

@@ -14,11 +14,14 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from reid.checkpoint import load_model, read_checkpoint, save_checkpoint
 from reid.data import build_transforms, eval_loader, load_dataset
-from reid.engine import Objective, evaluate
-from reid.models import ReidNet, TORCHVISION_ARCHS, build_model
-from reid.utils import ReidError
+from reid.evaluation import evaluate
+from reid.models import build_model, load_model, save_checkpoint
+from reid.models.archs import TORCHVISION_ARCHS
+from reid.models.backbones import ReidNet
+from reid.models.checkpoint import read_checkpoint
+from reid.runtime import ReidError
+from reid.training import Objective
 from tests.conftest import SMALL, run_cli
 
 try:

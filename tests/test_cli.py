@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from reid.checkpoint import read_checkpoint
+from reid.models.checkpoint import read_checkpoint
 from tests.conftest import SMALL, run_cli as run, train_cli as train
 
 METRIC_KEYS = {"mAP", "rank1", "rank5", "rank10", "mINP"}

@@ -4,9 +4,8 @@ from collections import Counter
 import pytest
 import torch
 
-from reid.data import (RandomIdentitySampler, build_transforms, eval_loader, load_dataset,
-                       resolve_dataset_root)
-from reid.utils import ReidError
+from reid.data import RandomIdentitySampler, build_transforms, eval_loader, load_dataset, resolve_dataset_root
+from reid.runtime import ReidError
 from tests.conftest import make_market, write_image
 
 

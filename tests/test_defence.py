@@ -1,4 +1,4 @@
-"""Defence against universal perturbations (reid/defence.py): the perturb-and-append batch, the
+"""Defence against universal perturbations (reid/defences/universal.py): the perturb-and-append batch, the
 online MI-SGD step, the meta branch's gradient against brute force, train.py end to end."""
 
 import copy
@@ -10,12 +10,11 @@ import torch.nn.functional as F
 
 from reid.attacks import UapConfig, save_uap
 from reid.attacks.universal import apply_delta
-from reid.checkpoint import file_sha256, read_checkpoint
-from reid.defence import (MetaObjective, UapDefence, UapDefenceConfig, check_defence_flags,
-                          half_objective_grad)
-from reid.engine import Objective
-from reid.losses import batch_hard_triplet_loss
-from reid.utils import ReidError
+from reid.defences import MetaObjective, UapDefence, check_defence_flags
+from reid.defences.universal import UapDefenceConfig, half_objective_grad
+from reid.models.checkpoint import read_checkpoint
+from reid.runtime import ReidError, file_sha256
+from reid.training import Objective, batch_hard_triplet_loss
 from tests.conftest import run_cli, tiny_model, train_cli
 
 EPS = 8.0

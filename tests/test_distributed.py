@@ -21,11 +21,12 @@ from PIL import Image
 from torch.utils.data import RandomSampler
 
 from conftest import ROOT, SMALL, tiny_model
-from reid import distributed
+from reid.runtime import distributed
 from reid.attacks import attack_batch, plan_attack
-from reid.checkpoint import load_model, read_checkpoint
 from reid.data import RandomIdentitySampler, ShardedBatchSampler
-from reid.utils import ReidError
+from reid.models import load_model
+from reid.models.checkpoint import read_checkpoint
+from reid.runtime import ReidError
 
 # ----------------------------------------------------------------------------- no processes
 
@@ -323,7 +324,7 @@ FAILING = """
 import os, sys, time
 sys.path.insert(0, {root!r})
 import torch.distributed as dist
-from reid import distributed
+from reid.runtime import distributed
 from reid.utils import ReidError, cli_main
 
 def main():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reid import report
+from reid.evaluation import report
 from reid.attacks import ATTACK_NAMES
 from reid.data import build_transforms, load_dataset, read_image
 from tests.conftest import run_cli

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from reid.attacks import GuidedLoss, pack_bank_guides
-from reid.checkpoint import read_checkpoint
 from reid.data import load_dataset
-from reid.goat import Goat, GoatConfig, GuidePool, goat_config, guide_weights
-from reid.utils import ReidError
+from reid.defences import Goat, GuidePool, goat_config
+from reid.defences.goat import GoatConfig, guide_weights
+from reid.models.checkpoint import read_checkpoint
+from reid.runtime import ReidError
 from tests.conftest import run_cli, tiny_model, train_cli
 
 EPS = 5.0

@@ -11,9 +11,10 @@ import os
 import pytest
 import torch
 
-from reid import utils
-from reid.checkpoint import load_model, read_checkpoint
-from reid.utils import ReidError, check_number, check_writable_dir, progress, resolve_device
+import reid.cli.attack
+from reid.models import load_model
+from reid.models.checkpoint import read_checkpoint
+from reid.runtime import ReidError, check_number, check_writable_dir, checks, progress, resolve_device
 from tests.conftest import run_cli
 
 
@@ -69,9 +70,9 @@ def test_check_writable_dir_read_only(tmp_path, monkeypatch, fail):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
     if fail == "mkdir":
-        monkeypatch.setattr(utils.os, "mkdir", refuse)
+        monkeypatch.setattr(checks.os, "mkdir", refuse)
     else:
-        monkeypatch.setattr(utils.tempfile, "mkstemp", refuse)
+        monkeypatch.setattr(checks.tempfile, "mkstemp", refuse)
     target = tmp_path / "out" if fail == "mkdir" else tmp_path
     with pytest.raises(ReidError, match=r"^--out .*: cannot write there \(Permission denied\)$"):
         check_writable_dir(target, "--out")
@@ -183,15 +184,15 @@ def test_gen_adv_unwritable_out_fails_before_loading(tmp_path, monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("loaded the model before checking --out")
 
-    monkeypatch.setattr(utils.tempfile, "mkstemp", refuse)  # a read-only folder, even for root
-    monkeypatch.setattr(gen_adv, "load_model", never)
+    monkeypatch.setattr(checks.tempfile, "mkstemp", refuse)  # a read-only folder, even for root
+    monkeypatch.setattr(reid.cli.attack, "load_model", never)  # the command line behind gen_adv.py
     with pytest.raises(ReidError, match=r"^--out .*: cannot write there \(Permission denied\)$"):
         gen_adv.main([str(tmp_path), str(tmp_path), "m.th", "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
 
 def test_a_training_log_with_a_bad_line_is_a_one_line_error(tmp_path):
-    from reid.engine import keep_log_epochs
+    from reid.training import keep_log_epochs
 
     log = tmp_path / "m.log.jsonl"
     log.write_text('{"epoch": 0}\nnot json\n{"epoch": 1}\n')
@@ -223,14 +224,14 @@ def test_train_unwritable_checkpoint_places(tmp_path, monkeypatch):
     def read_only(*args, **kwargs):
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr(utils.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(checks.tempfile, "mkstemp", read_only)
     with pytest.raises(ReidError, match=r"^--checkpoint-dir .*: cannot write there \(Read-only file system\)$"):
         train.main(common + ["--checkpoint-dir", str(tmp_path / "new")])
     assert sorted(os.listdir(tmp_path)) == ["m-last.th", "taken"]
 
 
 def test_sort_dataset_pool_in_the_way(tiny_market):
-    from sort_dataset import sort_dataset
+    from reid.data import sort_dataset
     with open(os.path.join(tiny_market, "sorted"), "w") as f:
         f.write("x")
     with pytest.raises(ReidError, match=r"^guide pool .*sorted: it exists and is not a folder$"):

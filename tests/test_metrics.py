@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from reid import metrics
+from reid.metrics import ranking as metrics
 from reid.metrics import evaluate_rank, pairwise_distance
-from reid.utils import ReidError
+from reid.runtime import ReidError
 
 
 def brute_force(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, ap="market", per_query=None):

@@ -8,10 +8,12 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from reid.checkpoint import load_model, read_checkpoint, rng_state, save_checkpoint, set_rng_state
-from reid.losses import batch_hard_triplet_loss
-from reid.models import IMAGENET_WEIGHT_FILES, ReidNet, build_model, infer_config
-from reid.utils import ReidError
+from reid.models import build_model, load_model, rng_state, save_checkpoint, set_rng_state
+from reid.models.archs import IMAGENET_WEIGHT_FILES
+from reid.models.backbones import ReidNet, infer_config
+from reid.models.checkpoint import read_checkpoint
+from reid.runtime import ReidError
+from reid.training import batch_hard_triplet_loss
 
 
 class ReferenceClassification(nn.Module):

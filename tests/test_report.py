@@ -9,9 +9,9 @@ import warnings
 import numpy as np
 import pytest
 
-from reid import report
+from reid.evaluation import report
 from reid.metrics import evaluate_rank
-from reid.utils import cli_main
+from reid.runtime import cli_main
 from tests.conftest import ROOT
 
 NUM_Q, NUM_G = 14, 60

@@ -17,7 +17,7 @@ from PIL import Image
 
 from reid.data import load_dataset
 from reid.data.synthetic import SPLITS, generate, main
-from reid.utils import ReidError, cli_main
+from reid.runtime import ReidError, cli_main
 from tests.conftest import train_cli
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

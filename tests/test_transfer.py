@@ -7,12 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import reid.transfer
-from reid.checkpoint import load_model, read_checkpoint
+import reid.evaluation.transfer
 from reid.data import build_transforms, load_dataset, read_image
-from reid.engine import retrieval_metrics
-from reid.report import entries
-from reid.utils import ReidError
+from reid.evaluation.report import entries
+from reid.metrics import retrieval_metrics
+from reid.models import load_model
+from reid.models.checkpoint import read_checkpoint
+from reid.runtime import ReidError
 
 COMMON = ["--max_iter", "3", "--eps", "3", "--seed", "3", "--device", "cpu", "--workers", "0"]
 
@@ -64,13 +65,13 @@ def test_transfer_to_a_model_of_another_input_size(trained_checkpoint, synthetic
     target_path = str(tmp_path / "big.th")
     torch.save(ckpt, target_path)
     seen = []
-    hook = reid.transfer.TransferFeatures.__call__
+    hook = reid.evaluation.transfer.TransferFeatures.__call__
 
     def spy(self, clean, adv, indices, attacked):
         seen.append((adv.clone(), indices.clone(), attacked.clone()))
         return hook(self, clean, adv, indices, attacked)
 
-    monkeypatch.setattr(reid.transfer.TransferFeatures, "__call__", spy)
+    monkeypatch.setattr(reid.evaluation.transfer.TransferFeatures, "__call__", spy)
     out = tmp_path / "out"
     results = gen_adv.main([str(trained_checkpoint), synthetic_dataset, "m.th", "-a", "FNA", "--gallery", *COMMON,
                             "--save-features", "--out", str(out), "--transfer-to", target_path])
@@ -130,7 +131,7 @@ def test_worst_case_on_a_target_is_taken_over_its_own_features(trained_checkpoin
     """Another model as the target (the weights read at 96x48): its worst case per query is the
     lowest AP among ITS features under each attack, not the surrogate's."""
     import gen_adv
-    from reid.engine import pairwise_distance
+    from reid.metrics import pairwise_distance
     from reid.metrics import evaluate_rank
 
     ckpt = read_checkpoint(str(trained_checkpoint / "m.th"))

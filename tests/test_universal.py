@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from reid.attacks import UapConfig, UniversalGuides, attack_batch, learn_uap, load_uap, save_uap, universal_plan
 from reid.attacks.universal import (apply_delta, batch_guides, centroid_assignment, kmeans_centroids, meta_step,
                                     mi_sgd_step, num_clusters, objective_grad, uap_objective)
-from reid.utils import ReidError
+from reid.runtime import ReidError
 from tests.conftest import run_cli, tiny_model
 
 EPS = 8.0

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reid import viz
+from reid.evaluation import figures as viz
 
 H, W = 32, 16
 

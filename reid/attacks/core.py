@@ -17,11 +17,12 @@ from contextlib import contextmanager
 
 import torch
 
-from ..utils import image_generator
 from .guides import select_guides
 from .loss import GuidedLoss
 from .optimisers import OPTIMISERS, l2_directions, linf_box, project_l2
 from .registry import ATTACKS, check_budget, check_single
+
+from reid.runtime import image_generator
 
 
 def plan_attack(name, feats, pids, guide_feats=None, guide_pids=None, *, single=False,

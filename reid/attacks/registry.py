@@ -23,9 +23,10 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from ..utils import ReidError
 from .guides import PULL_RULES, PUSH_RULES
 from .optimisers import OPTIMISERS
+
+from reid.runtime import ReidError
 
 
 @dataclass(frozen=True)

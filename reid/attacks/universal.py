@@ -34,7 +34,7 @@ Per step the learning costs one forward/backward pass of the batch (two with a m
 clean features, centroids and guide assignments are computed once before the first epoch.
 Evaluation reuses the per-image attacks' path: ``AdditivePlan`` is a plan whose perturbation
 is added rather than optimised (the learned delta, or random sign noise of the same budget
-as the baseline), and ``reid.engine.attack_split`` runs it like any other attack.
+as the baseline), and ``reid.evaluation.attack_loop.attack_split`` runs it like any other attack.
 """
 
 import math
@@ -46,10 +46,11 @@ import scipy.cluster.vq
 import torch
 import torch.nn.functional as F
 
-from ..utils import ReidError, atomic_path, image_generator, load_torch_file
 from .core import attack_mode
 from .guides import PlanBase, tensors_to
 from .loss import GuidedLoss, pack_bank_guides
+
+from reid.runtime import ReidError, atomic_path, image_generator, load_torch_file
 
 UAP_LOSSES = ("centroid", "batch", "guided")
 UAP_FORMAT = "reid-uap-1"

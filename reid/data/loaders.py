@@ -5,7 +5,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from reid.data.sampler import RandomIdentitySampler, ShardedBatchSampler
-from reid.utils import ReidError
+from reid.runtime import ReidError
+
 
 
 def read_image(path):

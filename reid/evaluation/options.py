@@ -1,0 +1,137 @@
+"""The evaluation's options (gen_adv.py's flags, `evaluate_robustness`'s keywords), their checks
+before any work, and how budgets are written."""
+
+import datetime
+import os
+from dataclasses import dataclass, field, fields
+from typing import List, Optional, Union
+
+
+from reid.attacks import DEFAULT_EPS, DEFAULT_STEP, UapConfig, check_attack_args, check_norm, parse_step
+from reid.evaluation.transfer import check_transfer_paths
+from reid.runtime import MAX_SEED, ReidError, check_number
+
+
+@dataclass
+class Options:
+    """Every evaluation option, named as gen_adv.py's flags (``attack`` = ``-a``,
+    ``nb_repeat`` = ``-n``, ``batch_size`` = ``-b``); the defaults are the CLI's."""
+
+    attack: List[str] = field(default_factory=list)  # attack names; [] = clean only
+    dataset: str = "market"
+    cosine: bool = False
+    eps: Union[None, float, List[float]] = None  # one budget, or several (a sweep); None: the norm's default
+    step: Union[None, float, str] = None  # a number, "auto" (2.5 eps / max_iter) or None (the norm's default)
+    max_iter: int = 15
+    norm: str = "linf"  # threat model: "linf" (eps in /255) or "l2" (an L2 radius in [0, 1] pixel units)
+    single: bool = False
+    guide_weights: str = "reference"
+    gallery: bool = False
+    cross_attack: bool = False
+    nb_repeat: int = 1
+    batch_size: int = 64
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 4
+    out: Optional[str] = None
+    save_features: bool = False
+    save_images: bool = False
+    visualize: int = 0
+    uap: Optional[str] = None
+    uap_loss: str = "centroid"
+    uap_epochs: int = 5
+    uap_step: Optional[float] = None
+    uap_source: Optional[str] = None
+    uap_source_kind: Optional[str] = None
+    meta_dataset: Optional[str] = None
+    meta_dataset_kind: Optional[str] = None
+    amp: bool = False
+    transfer_to: List[str] = field(default_factory=list)  # checkpoints the adversarial images are also fed to
+
+    @classmethod
+    def from_namespace(cls, namespace):
+        """The options of an argparse namespace (its other entries are ignored)."""
+        return cls(**{f.name: getattr(namespace, f.name) for f in fields(cls) if hasattr(namespace, f.name)})
+
+
+OPTION_NAMES = tuple(f.name for f in fields(Options))
+
+
+def eps_values(eps, norm="linf"):
+    """The budgets of an ``eps`` option: a number, a list (a sweep) or None (the norm's default)."""
+    if eps is None:
+        return [DEFAULT_EPS[norm]]
+    given = list(eps) if isinstance(eps, (list, tuple)) else [eps]
+    if not given:
+        raise ReidError("--eps: expected at least one budget")
+    values = []
+    for value in given:
+        try:
+            values.append(float(value))
+        except (TypeError, ValueError):
+            raise ReidError(f"--eps {value!r}: expected a number") from None
+        check_number("--eps", values[-1])
+    if len(set(values)) < len(values):
+        raise ReidError(f"--eps {' '.join(f'{v:g}' for v in values)}: give each budget once")
+    return values
+
+
+def eps_text(eps, norm):
+    """A budget as printed: 2/255 (L-inf) or 0.5 (L2)."""
+    return f"{eps:g}/255" if norm == "linf" else f"{eps:g} (L2)"
+
+
+def eps_label(name, eps):
+    """The name of a run's files in a sweep: FNA_eps2, FNA_eps0p5 (a MATLAB-safe variable name too)."""
+    return f"{name}_eps{eps:g}".replace(".", "p").replace("-", "m").replace("+", "")
+
+
+def check_options(opts):
+    """Validate every option before any heavy work; names the CLI flag in the one-line error.
+    Returns the options with the attack names canonical, ``eps`` a number (one budget) or a
+    list (a sweep) and ``step`` a number or "auto". An L2 radius is checked against the image
+    diameter by `run_evaluation`, which knows the input size."""
+    opts.norm = check_norm(opts.norm)
+    opts.step = parse_step("--step", opts.step)  # finite; its range is checked with the attacks
+    budgets = eps_values(opts.eps, opts.norm)
+    names = [n for a in opts.attack for n in str(a).split(",") if n.strip() and n.strip().lower() != "clean"]
+    opts.attack = check_attack_args(names, opts.single, budgets, opts.step, opts.max_iter, opts.norm) if names else []
+    opts.eps = budgets[0] if len(budgets) == 1 else budgets  # results.json keeps its one-budget shape
+    opts.step = DEFAULT_STEP[opts.norm] if opts.step is None else opts.step
+    for flag, value, low in (("-n", opts.nb_repeat, 1), ("-b", opts.batch_size, 1), ("--workers", opts.workers, 0),
+                             ("--visualize", opts.visualize, 0)):
+        check_number(flag, value, low)
+    check_number("--seed", opts.seed, 0, MAX_SEED)
+    check_uap_flags(opts)
+    level = 1.0 if opts.norm == "linf" else 1.0 / 255  # one 8-bit step, in the budget's units
+    small = [e for e in budgets if e < level - 1e-9]
+    if opts.save_images and opts.attack and small:
+        raise ReidError(f"--save-images: eps {eps_text(small[0], opts.norm)} is below one 8-bit level "
+                        f"({eps_text(level, opts.norm)}), so a PNG would hold the clean image; drop "
+                        "--save-images or use a larger --eps")
+    opts.transfer_to = [str(p) for p in (opts.transfer_to or [])]
+    check_transfer_paths(opts.transfer_to)
+    return opts
+
+
+def default_out(stem, dataset):
+    return os.path.join("attacks", f"{stem}-{dataset}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+
+
+def check_uap_flags(opts):
+    """Universal-perturbation options make sense only with -a UAP; their values are checked now."""
+    given = [flag for flag, value in (("--uap", opts.uap), ("--uap-source", opts.uap_source),
+                                      ("--meta-dataset", opts.meta_dataset)) if value]
+    if "UAP" not in opts.attack:
+        if given:
+            raise ReidError(f"{given[0]}: only used with -a UAP")
+        return
+    if opts.uap and len(given) > 1:
+        raise ReidError(f"--uap and {given[1]}: a saved perturbation is evaluated as it is, not learned again")
+    for eps in eps_values(opts.eps, opts.norm):
+        uap_config(opts, eps)
+
+
+def uap_config(opts, eps):
+    """The UapConfig of the options at budget `eps` (checked before any heavy work)."""
+    return UapConfig(loss=opts.uap_loss, eps=eps, epochs=opts.uap_epochs, step=opts.uap_step, seed=opts.seed)

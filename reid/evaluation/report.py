@@ -1,0 +1,209 @@
+"""The robustness report: worst case per query over attacks, budget sweeps, csv and figure.
+
+`gen_adv.py` (`reid.evaluation.run_evaluation`) calls `worst_entry` at each budget with the
+per-query values of every run of every attack, stores the result in results.json, and
+writes `robustness.csv` and `robustness.png` with `write_report` whenever it ran a sweep
+(several `--eps`) or has a worst case. `python -m reid.report RESULTS.json` (re)writes both
+next to any results.json, including files written before sweeps existed.
+
+Worst case (per query, at one budget). The candidates are every run of every attack at that
+budget. For query q, with AP_c(q), INP_c(q) and r_c(q) (the rank of the first true match)
+under candidate c:
+
+    AP(q)   = min_c AP_c(q)       (the adversarial feature of the lowest-AP candidate)
+    INP(q)  = min_c INP_c(q)
+    hit@k(q) = 1 iff r_c(q) <= k for every c, i.e. max_c r_c(q) <= k
+
+and mAP, mINP and CMC rank-k are their means over the queries with a valid match, as for one
+attack (`reid.metrics.rank_summary`). A query attack perturbs each query on its own, so the
+attacker may pick, per query, whichever candidate hurts it most. A gallery attack perturbs
+the whole gallery at once: the same rules apply per query over the candidates' whole
+adversarial galleries (each query ranked against one gallery of one run), an upper bound on
+what one gallery can do to every query at once. The clean features are not a candidate.
+
+results.json with several budgets: each attack entry becomes {"by_eps": [ENTRY, ...]}, one
+entry per budget in the order given, each the one-budget entry (with its "eps"); "worst"
+likewise. `entries` reads both shapes.
+"""
+
+import argparse
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+
+from reid.metrics import METRIC_NAMES, as_metrics, rank_summary
+from reid.runtime import ReidError, atomic_path, cli_main
+
+
+WORST = "worst"
+CLEAN = "clean"
+CSV_COLUMNS = ("attack", "eps") + METRIC_NAMES
+CSV_NAME, FIGURE_NAME = "robustness.csv", "robustness.png"
+WORST_RULE = ("per query, over every run of every attack at this eps: min AP, min INP, "
+              "a rank-k hit only if a hit under every candidate")
+
+
+def worst_case(per_query):
+    """The worst case over candidates of per-query values (module docstring).
+
+    per_query: a list of `evaluate_rank(..., per_query=True)["per_query"]` dicts, one per
+    candidate, over the same queries. Returns (METRICS, lowest) where lowest (Q,) is the
+    index of each query's lowest-AP candidate (the first on ties; -1 for queries without a
+    valid match).
+    """
+    if not per_query:
+        raise ValueError("worst_case: no candidate")
+    ap, inp, first = (np.stack([np.asarray(c[key]) for c in per_query])
+                      for key in ("ap", "inp", "first_rank"))
+    valid = ~np.isnan(ap[0])
+    if (np.isnan(ap) != ~valid).any():
+        raise ValueError("worst_case: the candidates disagree on which queries have a valid match")
+    summary = rank_summary(first[:, valid].max(0), ap[:, valid].min(0), inp[:, valid].min(0), max_rank=10)
+    lowest = np.full(ap.shape[1], -1)
+    lowest[valid] = ap[:, valid].argmin(0)
+    return as_metrics(summary), lowest
+
+
+def worst_entry(candidates, eps, target):
+    """The results.json "worst" entry at one budget. candidates: (attack name, run, per-query
+    values) triples. "lowest_ap" counts, per attack, the queries whose lowest-AP candidate
+    is one of its runs."""
+    metrics, lowest = worst_case([values for _, _, values in candidates])
+    names = [name for name, _, _ in candidates]
+    counts = {name: 0 for name in dict.fromkeys(names)}
+    for index in lowest[lowest >= 0]:
+        counts[names[index]] += 1
+    return {"metrics": metrics, "eps": eps, "target": target, "rule": WORST_RULE,
+            "candidates": [f"{name} run {run}" for name, run, _ in candidates], "lowest_ap": counts}
+
+
+def entries(value):
+    """The per-budget entries of an attack (or "worst") value of results.json, either shape."""
+    return list(value["by_eps"]) if "by_eps" in value else [value]
+
+
+def norm_of(results):
+    return results.get("config", {}).get("norm", "linf")
+
+
+def eps_unit(norm):
+    return "/255" if norm == "linf" else "L2 radius, [0, 1] pixel units"
+
+
+def rows(results):
+    """(attack, eps, METRICS) for every attack at every budget, the worst case at each budget,
+    then clean (eps 0). Reads results.json of any version (one budget or a sweep)."""
+    default_eps = results.get("config", {}).get("eps")
+    out = []
+    for name, value in results.get("attacks", {}).items():
+        out += [(name, float(e.get("eps", default_eps)), e["mean"]) for e in entries(value)]
+    if WORST in results:
+        out += [(WORST, float(e["eps"]), e["metrics"]) for e in entries(results[WORST])]
+    out.append((CLEAN, 0.0, results["clean"]))
+    return out
+
+
+def budget_rows(results, eps):
+    """(name, METRICS) at budget ``eps``: clean first, then each attack, then the worst case."""
+    table = rows(results)
+    return [(CLEAN, results["clean"])] + [(name, m) for name, e, m in table if name != CLEAN and e == eps]
+
+
+def write_csv(results, path):
+    """robustness.csv: one row per (attack, eps), worst and clean included; metrics as fractions."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(CSV_COLUMNS)
+            for name, eps, metrics in rows(results):
+                writer.writerow([name, f"{eps:g}"] + [f"{metrics[k]:.6f}" for k in METRIC_NAMES])
+
+
+def curves(results):
+    """What the figure plots: {metric: {line: (eps list, values in %)}} for mAP and rank-1, one
+    line per attack plus the worst case (each sorted by eps), and the clean value per metric."""
+    lines = {}
+    for name, eps, metrics in rows(results):
+        if name != CLEAN:
+            lines.setdefault(name, []).append((eps, metrics))
+    data = {}
+    for key in ("mAP", "rank1"):
+        data[key] = {name: ([e for e, _ in sorted(points, key=lambda p: p[0])],
+                            [100 * m[key] for _, m in sorted(points, key=lambda p: p[0])])
+                     for name, points in lines.items()}
+    clean = {key: 100 * results["clean"][key] for key in ("mAP", "rank1")}
+    return data, clean
+
+
+def robustness_figure(results):
+    """The matplotlib figure of `curves`: mAP and rank-1 against eps, clean dashed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    data, clean = curves(results)
+    norm = norm_of(results)
+    fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)  # the Agg renderer, without pyplot or a change of the user's backend
+    for ax, (key, label) in zip(fig.subplots(1, 2), (("mAP", "mAP (%)"), ("rank1", "rank-1 (%)"))):
+        for name, (xs, ys) in data[key].items():
+            worst = name == WORST
+            ax.plot(xs, ys, marker="o", markersize=4, color="black" if worst else None,
+                    linewidth=2.5 if worst else 1.5, label="worst case" if worst else name, zorder=3 if worst else 2)
+        ax.axhline(clean[key], color="grey", linestyle="--", linewidth=1.5, label="clean")
+        budgets = sorted({x for xs, _ in data[key].values() for x in xs})
+        if 1 < len(budgets) <= 12:
+            ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
+        ax.set_xlabel(f"eps ({eps_unit(norm)})")
+        ax.set_ylabel(label)
+        ax.set_ylim(0, 100)
+        ax.grid(True, alpha=0.3)
+    fig.axes[0].legend(fontsize="small")
+    target = "gallery" if results.get("config", {}).get("gallery") else "query"
+    fig.suptitle(f"{target} attacks, {'L-inf' if norm == 'linf' else 'L2'} threat model")
+    return fig
+
+
+def write_figure(results, path):
+    fig = robustness_figure(results)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def write_report(results, folder):
+    """robustness.csv and robustness.png in `folder`; returns their paths."""
+    paths = os.path.join(folder, CSV_NAME), os.path.join(folder, FIGURE_NAME)
+    write_csv(results, paths[0])
+    write_figure(results, paths[1])
+    return paths
+
+
+def read_results(path):
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ReidError(f"{path}: cannot read a results.json ({getattr(err, 'strerror', None) or err})") from None
+    if not isinstance(results, dict) or "clean" not in results:
+        raise ReidError(f"{path}: not a results.json of gen_adv.py (no 'clean' entry)")
+    return results
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m reid.report",
+                                description="(Re)write robustness.csv and robustness.png next to a results.json.")
+    p.add_argument("results", help="a results.json written by gen_adv.py (any version)")
+    args = p.parse_args(argv)
+    results = read_results(args.results)
+    try:
+        rows(results)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ReidError(f"{args.results}: not a results.json of gen_adv.py (bad entry: {err!r})") from None
+    for path in write_report(results, os.path.dirname(os.path.abspath(args.results))):
+        print(path)
+
+
+if __name__ == "__main__":
+    cli_main(lambda: main(sys.argv[1:]))

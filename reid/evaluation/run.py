@@ -1,0 +1,241 @@
+"""Evaluate any re-ID model clean and under attack: the one evaluation path of the toolkit.
+
+`evaluate_robustness(model, dataset_folder, attacks=[...], ...)` takes any `torch.nn.Module`
+that maps images in [0, 1] of shape (B, 3, H, W) to features (B, D) (normalising inside),
+extracts the clean query / gallery features once, runs every requested attack through
+`reid.evaluation.attack_loop.attack_split`, writes results.json (and, on request, features, adversarial
+images and pictures) into `out`, and returns the results.json dict. With `transfer_to`
+(checkpoints), the same adversarial images are also evaluated on each of those models
+(`reid.evaluation.transfer`). `gen_adv.py` is the command-line layer over `run_evaluation`: it loads a
+checkpoint (or calls a user's model factory, `model_from_factory`) and passes its options.
+"""
+
+import os
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from reid.attacks import UNIVERSAL_ATTACKS, check_budget, resolve_step, universal_plan
+from reid.data import build_transforms, eval_loader, load_dataset
+from reid.evaluation.attack_loop import attack_split, chain
+from reid.evaluation.features import extract_features
+from reid.evaluation.options import OPTION_NAMES, Options, check_options, default_out, eps_label, eps_text, eps_values
+from reid.evaluation.outputs import ImageSaver, versions, write_features, write_json
+from reid.evaluation.pictures import Pictures
+from reid.evaluation.report import budget_rows, worst_entry, write_report
+from reid.evaluation.splits import Split, split_metrics
+from reid.evaluation.tables import metrics_table, side_by_side
+from reid.evaluation.transfer import TransferFeatures, clean_arrays, extract_target_features, load_targets
+from reid.evaluation.universal import obtain_uap
+from reid.metrics import pairwise_distance, summarize_runs
+from reid.models import check_feature_model
+from reid.runtime import (ReidError, amp, check_input_dir, check_number, check_writable_dir, distributed,
+                          resolve_device, seed_everything)
+
+
+def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device, picked, transform, arrays,
+               delta=None, label=None, targets=()):
+    """`-n` runs of one attack at budget `eps`; returns its results.json entry and, per run,
+    the per-query values of `evaluate_rank` (the worst case's candidates). `delta`: the UAP's;
+    `label`: the name of its files and of its transfer entries (default `name`). Each run's
+    adversarial images also go through the transfer `targets` (their runs are appended)."""
+    label = label or name
+    step = resolve_step(opts.step, eps, opts.max_iter, opts.norm)
+    target, other = (gallery, query) if opts.gallery else (query, gallery)
+    metric = "cosine" if opts.cosine else "euclidean"
+    runs, stats, per_query = [], [], []
+    # A learned delta is the same in every run: one run; noise is redrawn per run.
+    for run in range(1 if name == "UAP" else opts.nb_repeat):
+        first = run == 0
+        saver = ImageSaver(out, label, target, data, eps, opts.norm) if first and opts.save_images else None
+        pictures = (Pictures(out, label, query, gallery, picked, transform, query_attacked=not opts.gallery)
+                    if first and picked else None)
+        transfer = TransferFeatures(targets, target.name, opts.cosine, loader) if targets else None
+        generator = torch.Generator().manual_seed(opts.seed * 1000003 + run)
+        attack = name
+        if name in UNIVERSAL_ATTACKS:
+            attack = universal_plan(name, target.feats, target.pids, delta if name == "UAP" else None, eps,
+                                    opts.seed * 1000003 + run)
+        adv_feats, st = attack_split(model, loader, target, attack, guides=other if opts.cross_attack else None,
+                                     single=opts.single, cosine=opts.cosine, eps=eps, step=step,
+                                     max_iter=opts.max_iter, generator=generator, device=device,
+                                     weighting=opts.guide_weights, norm=opts.norm,
+                                     on_batch=chain(saver, pictures, transfer))
+        adv = {"gallery_feats" if opts.gallery else "query_feats": adv_feats}
+        metrics, values = split_metrics(query, gallery, metric, per_query=True, **adv)
+        runs.append(metrics)
+        per_query.append(values)
+        stats.append(st)
+        if transfer is not None:
+            transfer.record(name, eps, metric)
+        if first:
+            arrays[f"{target.name}_features_adv_{label}"] = adv_feats.cpu().numpy()
+            arrays.update(transfer.arrays(label) if transfer is not None else {})
+        if pictures is not None:
+            pictures.gather()
+            qf = adv.get("query_feats", query.feats)
+            gf = adv.get("gallery_feats", gallery.feats)
+            pictures.write(pairwise_distance(query.feats, gallery.feats, metric).cpu(),
+                           pairwise_distance(qf, gf, metric).cpu())
+    entry = {**summarize_runs(runs), "runs": runs,
+             "max_perturbation": max(s["max_perturbation"] for s in stats),
+             "attack_seconds": float(np.mean([s["attack_seconds"] for s in stats])),
+             "images_attacked": stats[0]["images_attacked"], "fallback_images": stats[0]["fallback_images"],
+             "iterations": stats[0]["iterations"], "target": target.name, "eps": eps, "step": step}
+    return entry, per_query
+
+
+def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha256=None, config=None):
+    """The evaluation of `model` (on `device`, in eval mode) on a dataset, with checked
+    `opts` (an `Options`, `opts.out` set). `config`: extra entries of results.json's
+    config (e.g. the checkpoint's). Runs every attack at every budget of `opts.eps`; with
+    more than one candidate (attacks x runs) adds the worst case per query at each budget
+    (`reid.evaluation.report`), and with a sweep or a worst case writes robustness.csv / .png. Writes
+    and returns the results.json dict.
+
+    Under torchrun (``reid.runtime.distributed``) every process runs it: features and attacks are
+    shared out and gathered, metrics computed by rank 0, which alone writes (per-batch
+    adversarial images excepted: each process saves those it made). ``opts.amp``: the model
+    in bfloat16 autocast (``reid.runtime.amp``, CUDA only)."""
+    out = opts.out
+    budgets = eps_values(opts.eps, opts.norm)
+    sweep = len(budgets) > 1
+    for eps in budgets if opts.attack else ():  # an L2 radius against this input size's diameter
+        check_budget(eps, opts.step, opts.max_iter, norm=opts.norm, input_size=input_size)
+    model = amp.wrap(model, opts.amp, device)
+    seed_everything(opts.seed)
+    data = load_dataset(dataset_folder, opts.dataset)
+    height, width = input_size
+    metric = "cosine" if opts.cosine else "euclidean"
+    targets = load_targets(opts.transfer_to, (height, width), device)  # a bad checkpoint stops the run now
+
+    deltas = {}
+    if "UAP" in opts.attack:  # loaded (and checked) or learned before the evaluation
+        os.makedirs(out, exist_ok=True)
+        for eps in budgets:
+            deltas[eps] = obtain_uap(opts, eps, model, data, (height, width), device, out, model_sha256,
+                                     stem=eps_label("uap", eps) if sweep else "uap")
+
+    tf = build_transforms(height, width, train=False)
+    loaders = {name: eval_loader(getattr(data, name), tf, opts.batch_size, opts.workers)
+               for name in ("query", "gallery")}
+    splits = {}
+    for name, loader in loaders.items():
+        feats, pids, camids = extract_features(model, loader, device, f"{name} features", opts.cosine)
+        splits[name] = Split(name, feats, pids, camids, getattr(data, name))
+    query, gallery = splits["query"], splits["gallery"]
+    clean = split_metrics(query, gallery, metric)
+    extract_target_features(targets, data, loaders, opts, device, metric)
+
+    os.makedirs(out, exist_ok=True)
+    describe = getattr(model, "config", None)
+    config = {**asdict(opts), "dataset_folder": dataset_folder, **(config or {}),
+              "model": describe() if callable(describe) else type(model).__name__,
+              "input_size": [height, width], "dataset_root": data.root, "metric": metric, "device": str(device),
+              "processes": distributed.world_size(), "threads": torch.get_num_threads(),
+              "versions": versions()}
+    if targets:
+        config["transfer_targets"] = {t.label: t.info for t in targets}
+    results = {"config": config, "clean": clean, "attacks": {}}
+    if targets:
+        results["transfer"] = {t.label: t.results(sweep) for t in targets}
+    arrays = {"query_features": query.feats.cpu().numpy(), "query_pids": query.pids, "query_camids": query.camids,
+              "gallery_features": gallery.feats.cpu().numpy(), "gallery_pids": gallery.pids,
+              "gallery_camids": gallery.camids, **clean_arrays(targets)}
+
+    picked = []
+    if opts.visualize:
+        rng = np.random.default_rng(opts.seed)
+        picked = rng.choice(len(query.pids), min(opts.visualize, len(query.pids)), replace=False).tolist()
+    loader = loaders["gallery" if opts.gallery else "query"]
+    target = "gallery" if opts.gallery else "query"
+    worst = []
+    for eps in budgets:
+        candidates = []
+        for name in opts.attack:
+            delta, uap_info = deltas.get(eps, (None, None))
+            label = eps_label(name, eps) if sweep else name
+            entry, per_query = run_attack(opts, name, eps, model, loader, query, gallery, data, out, device, picked,
+                                          tf, arrays, delta, label=label, targets=targets)
+            if name == "UAP":
+                entry["uap"] = uap_info
+            if sweep:
+                results["attacks"].setdefault(name, {"by_eps": []})["by_eps"].append(entry)
+            else:
+                results["attacks"][name] = entry
+            if targets:
+                results["transfer"] = {t.label: t.results(sweep) for t in targets}
+            candidates += [(name, run, values) for run, values in enumerate(per_query)]
+            write_json(os.path.join(out, "results.json"), results)  # after each attack: nothing lost
+            moved = "".join(f", on {os.path.basename(t.label)} "
+                            f"{100 * np.mean([r['mAP'] for r in t.runs[name, eps]]):.2f}" for t in targets)
+            print(f"{name}{f' at eps {eps_text(eps, opts.norm)}' if sweep else ''}: mAP "
+                  f"{100 * entry['mean']['mAP']:.2f}{moved} ({entry['images_attacked']} images attacked, "
+                  f"{entry['attack_seconds']:.1f} s)")
+        if len(candidates) > 1:
+            worst.append(worst_entry(candidates, eps, target))
+            results["worst"] = {"by_eps": worst} if sweep else worst[0]
+            for t in targets:  # the same rule on each target, over the same candidates
+                t.worst.append(worst_entry(t.candidates(opts.attack, eps), eps, target))
+                results["transfer"][t.label] = t.results(sweep)
+    write_json(os.path.join(out, "results.json"), results)
+    if opts.save_features:
+        write_features(out, arrays)
+    print(data.summary())
+    print_tables(results, opts, budgets if opts.attack else budgets[:1], target, targets)
+    print(f"results -> {os.path.join(out, 'results.json')}")
+    if sweep or worst:
+        write_robustness(results, out)
+    return results
+
+
+def print_tables(results, opts, budgets, target, targets):
+    """The metrics at each budget, and white-box beside each transfer target's."""
+    metric = results["config"]["metric"]
+    for eps in budgets:
+        rows = budget_rows(results, eps)
+        print(f"\n{target} attacks, eps {eps_text(eps, opts.norm)}, {opts.max_iter} iterations, "
+              f"{opts.nb_repeat} run(s), {metric} distance")
+        print(metrics_table(rows))
+        if targets:
+            columns = [("white-box", dict(rows))] + [
+                (os.path.basename(t.label), dict(budget_rows(results["transfer"][t.label], eps))) for t in targets]
+            print("\nwhite-box (this model) and transfer (the same adversarial images on each --transfer-to model), "
+                  "mAP / rank-1 in %")
+            print(side_by_side([n for n, _ in rows], columns))
+
+
+@distributed.main_only
+def write_robustness(results, out):
+    """robustness.csv / robustness.png (`reid.evaluation.report`), written once."""
+    print(f"report -> {', '.join(write_report(results, out))}")
+
+
+def evaluate_robustness(model, dataset_folder, attacks=(), dataset="market", eps=None, input_size=(256, 128),
+                        out=None, **options):
+    """Evaluate any `torch.nn.Module` mapping images in [0, 1] (B, 3, H, W) to features (B, D)
+    clean and under `attacks` (names of gen_adv.py's `-a`), on the dataset at
+    `dataset_folder` (layout `dataset`), at `input_size` (H, W), at budget `eps` (a number,
+    or a list for a sweep; default 5/255, or 0.5 with norm="l2"). `options`: the other
+    gen_adv.py options by their long names with underscores (see `Options`: step, norm,
+    max_iter, nb_repeat, seed, device, save_images, uap, transfer_to, ...). Writes results.json into `out` (default
+    attacks/<model class>-<dataset>-<time>/) and returns its dict."""
+    unknown = sorted(set(options) - set(OPTION_NAMES))
+    if unknown:
+        raise ReidError(f"evaluate_robustness: unknown option {unknown[0]!r}; expected one of "
+                        f"{', '.join(OPTION_NAMES)}")
+    if not isinstance(model, torch.nn.Module):
+        raise ReidError(f"evaluate_robustness: model must be a torch.nn.Module, got {type(model).__name__}")
+    attacks = [attacks] if isinstance(attacks, str) else list(attacks)
+    opts = check_options(Options(attack=attacks, dataset=dataset, eps=eps, out=out, **options))
+    height, width = (int(v) for v in input_size)
+    for flag, value in (("height", height), ("width", width)):
+        check_number(f"input_size {flag}", value, 16)
+    check_input_dir(dataset_folder, "dataset folder")
+    opts.out = opts.out or default_out(type(model).__name__, opts.dataset)
+    check_writable_dir(opts.out, "out")
+    device = resolve_device(opts.device)
+    model.to(device).eval()
+    check_feature_model(model, (height, width), device, "evaluate_robustness")
+    return run_evaluation(model, dataset_folder, opts, (height, width), device)

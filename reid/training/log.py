@@ -1,0 +1,51 @@
+"""The training log, one JSON record an epoch (`<name>.log.jsonl`), kept consistent with the
+checkpoint it continues."""
+
+import json
+import os
+
+
+from reid.runtime import ReidError, atomic_path
+
+
+def append_jsonl(path, record):
+    """Append one line; a line is small enough to be written whole."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _logged_epoch(line):
+    """The epoch of one line of a training log; None if the line is not an epoch record."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    epoch = record.get("epoch") if isinstance(record, dict) else None
+    return epoch if isinstance(epoch, int) else None
+
+
+def keep_log_epochs(path, epochs):
+    """Keep the records of the first `epochs` epochs of a training log, drop the rest (atomically).
+
+    train.py logs an epoch before checkpointing it, so a run stopped in between has logged one
+    epoch more than its last checkpoint holds: ``--resume`` redoes that epoch and must not log it
+    twice; a fresh run (``epochs`` 0) starts an empty log. A torn last line (a process killed in
+    the middle of writing it) is dropped; a bad line elsewhere is an error naming the file.
+    """
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f.read().split("\n") if line.strip()]
+    logged = [_logged_epoch(line) for line in lines]
+    for i, epoch in enumerate(logged[:-1]):
+        if epoch is None:
+            raise ReidError(f"{path}: line {i + 1} is not an epoch record (expected one JSON line per epoch)")
+    kept = [line for line, epoch in zip(lines, logged) if epoch is not None and epoch < epochs]
+    if len(kept) == len(lines):
+        return
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.writelines(line + "\n" for line in kept)
