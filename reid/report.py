@@ -4,8 +4,8 @@ is `reid.evaluation.report`."""
 
 import sys
 
-from reid.evaluation.report import main
+from reid.evaluation import report
 from reid.runtime import cli_main
 
 if __name__ == "__main__":
-    cli_main(lambda: main(sys.argv[1:]))
+    cli_main(lambda: report.main(sys.argv[1:]))

@@ -45,9 +45,12 @@ from .universal import (
     AdditivePlan,
     UapConfig,
     UniversalGuides,
+    apply_delta,
     learn_uap,
     load_uap,
+    mi_sgd_step,
     save_uap,
+    uap_objective,
     universal_plan,
 )
 
@@ -59,5 +62,6 @@ __all__ = [
     "canonical_name", "check_attack_args", "check_budget", "check_single", "get_attack_spec",
     "guided_loss", "pack_bank_guides", "pack_guides", "perturb", "plan_attack",
     "resolve_attack_names", "select_guides", "WEIGHTINGS", "UNIVERSAL_ATTACKS", "UAP_LOSSES", "AdditivePlan",
-    "UapConfig", "UniversalGuides", "learn_uap", "load_uap", "save_uap", "universal_plan",
+    "UapConfig", "UniversalGuides", "apply_delta", "learn_uap", "load_uap", "mi_sgd_step", "save_uap",
+    "uap_objective", "universal_plan",
 ]

@@ -1,39 +1,18 @@
-"""Re-ID dataset parsers: Market-1501, DukeMTMC-reID, MSMT17 and the open-reid layout.
+"""Re-ID dataset parsers: Market-1501, DukeMTMC-reID and MSMT17 here, the open-reid layout in
+`reid.data.openreid`; `LAYOUTS` (the `--dataset` names) and `load_dataset`.
 
 Each parser turns a dataset folder into three lists of `Sample(path, pid, camid)`:
 `train` with identities relabelled 0..N-1 in sorted pid order (the classifier's
 labels), and `query` / `gallery` with their original pids (the ranking protocol
 compares pids, and pid 0 / -1 keep their meaning there). Gallery junk (pid -1) is
 left out; distractors (pid 0) stay. Camera ids are 0-based.
-
-The open-reid layout (Cysu/open-reid, used for PersonX, UnrealPerson and RandPerson
-as prepared for MetaAttack) is a folder holding
-
-* `images/PPPPPPPP_CC_NNNN.jpg`: pid, 0-based camera, index within (pid, camera);
-* `meta.json`: `{"name", "shot", "num_cameras", "identities"}` where
-  `identities[pid][cam]` lists that pid's file names in that camera;
-* `splits.json`: a list of `{"trainval", "query", "gallery"}`; split 0 is used.
-
-`train` holds the images of the `trainval` pids. `query` and `gallery` are taken from
-explicit file lists when the preparation wrote them (`query` / `gallery` in the split
-given as file names, or `query_fnames` / `gallery_fnames` in meta.json, as MetaAttack's
-PersonX preparation does). Otherwise they list pids and the images come from
-`identities`: a pid listed on one side only gives all its images to that side (e.g.
-distractors, gallery only), and the images of a pid listed on both sides are split
-deterministically, camera by camera in meta.json order: in a camera holding two or
-more images the first is a query and the others are gallery images; a camera holding
-a single image gives it to the gallery, except for an identity that has no camera with
-two images (single-shot), whose first camera's image is its query. So every query of
-an identity seen by two cameras keeps a true match in another camera, which the
-Market protocol (same pid and camera dropped from the gallery) needs. Cameras always
-come from the file names, which must agree with their place in `identities`.
 """
 
 import os
 import re
 
-from reid.data.openreid import OPENREID_FOLDERS, _OpenReidLayout
-from reid.data.samples import ReidDataset, Sample, _list_images, _relabel
+from reid.data.openreid import OPENREID_FOLDERS, OpenReidLayout
+from reid.data.samples import ReidDataset, Sample, list_images, relabel
 from reid.runtime import ReidError
 
 
@@ -69,7 +48,7 @@ class _FolderLayout:
     def _read(self, root, sub):
         folder = os.path.join(root, sub)
         out = []
-        for fname in _list_images(folder):
+        for fname in list_images(folder):
             pid, camid = _parse_market_name(folder, fname)
             out.append(Sample(os.path.join(folder, fname), pid, camid))
         if not out:
@@ -78,7 +57,7 @@ class _FolderLayout:
 
     def load(self, root):
         train = [s for s in self._read(root, "bounding_box_train") if s.pid >= 0]
-        train, train_pids = _relabel(train)
+        train, train_pids = relabel(train)
         query = self._read(root, "query")
         gallery = [s for s in self._read(root, "bounding_box_test") if s.pid != -1]
         return ReidDataset(self.name, root, train, query, gallery, train_pids)
@@ -123,7 +102,7 @@ class _MSMT17Layout:
 
     def load(self, root):
         train_dir, test_dir = self._dirs(root)
-        train, train_pids = _relabel(self._read(root, "list_train.txt", train_dir))
+        train, train_pids = relabel(self._read(root, "list_train.txt", train_dir))
         query = self._read(root, "list_query.txt", test_dir)
         gallery = self._read(root, "list_gallery.txt", test_dir)
         return ReidDataset(self.name, root, train, query, gallery, train_pids)
@@ -133,8 +112,8 @@ LAYOUTS = {
     "market": _FolderLayout("market", ("Market-1501-v15.09.15", "market1501", "Market-1501")),
     "duke": _FolderLayout("duke", ("DukeMTMC-reID", "dukemtmc-reid", "dukemtmcreid")),
     "msmt17": _MSMT17Layout("msmt17", ("MSMT17_V2", "MSMT17_V1", "msmt17")),
-    "openreid": _OpenReidLayout("openreid", tuple(n for names in OPENREID_FOLDERS.values() for n in names)),
-    **{alias: _OpenReidLayout(alias, names) for alias, names in OPENREID_FOLDERS.items()},
+    "openreid": OpenReidLayout("openreid", tuple(n for names in OPENREID_FOLDERS.values() for n in names)),
+    **{alias: OpenReidLayout(alias, names) for alias, names in OPENREID_FOLDERS.items()},
 }
 
 

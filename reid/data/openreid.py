@@ -1,13 +1,7 @@
-"""Re-ID dataset parsers: Market-1501, DukeMTMC-reID, MSMT17 and the open-reid layout.
+"""The open-reid layout (Cysu/open-reid), used for PersonX, UnrealPerson and RandPerson as
+prepared for MetaAttack: `--dataset openreid` (or `personx`, `unreal`, `randperson`).
 
-Each parser turns a dataset folder into three lists of `Sample(path, pid, camid)`:
-`train` with identities relabelled 0..N-1 in sorted pid order (the classifier's
-labels), and `query` / `gallery` with their original pids (the ranking protocol
-compares pids, and pid 0 / -1 keep their meaning there). Gallery junk (pid -1) is
-left out; distractors (pid 0) stay. Camera ids are 0-based.
-
-The open-reid layout (Cysu/open-reid, used for PersonX, UnrealPerson and RandPerson
-as prepared for MetaAttack) is a folder holding
+A dataset in this layout is a folder holding
 
 * `images/PPPPPPPP_CC_NNNN.jpg`: pid, 0-based camera, index within (pid, camera);
 * `meta.json`: `{"name", "shot", "num_cameras", "identities"}` where
@@ -33,7 +27,7 @@ import json
 import os
 import re
 
-from reid.data.samples import IMAGE_EXTENSIONS, ReidDataset, Sample, _relabel
+from reid.data.samples import IMAGE_EXTENSIONS, ReidDataset, Sample, relabel
 from reid.runtime import ReidError
 
 
@@ -68,7 +62,7 @@ def _is_name_list(x):
     return isinstance(x, list) and all(isinstance(v, str) for v in x)
 
 
-class _OpenReidLayout:
+class OpenReidLayout:
     """open-reid: images/ of PPPPPPPP_CC_NNNN.jpg, meta.json and splits.json (split 0)."""
 
     def __init__(self, name, folder_names):
@@ -99,7 +93,7 @@ class _OpenReidLayout:
                             f"expected the {SPLITS_EXPECTED}")
         reader = _OpenReidReader(images, meta_path, splits_path, identities)
         split = splits[0]
-        train, train_pids = _relabel([s for pid in reader.pids(split, "trainval") for cam in reader.identity(pid)
+        train, train_pids = relabel([s for pid in reader.pids(split, "trainval") for cam in reader.identity(pid)
                                       for s in cam])
         query, gallery = self._test_sets(reader, meta, split)
         for what, samples, source in (("training", train, "trainval"), ("query", query, "query"),

@@ -37,11 +37,11 @@ class ReidDataset:
                           row("query", self.query), row("gallery", self.gallery)])
 
 
-def _list_images(folder):
+def list_images(folder):
     return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
 
 
-def _relabel(samples):
+def relabel(samples):
     pids = sorted({s.pid for s in samples})
     label = {pid: i for i, pid in enumerate(pids)}
     return [Sample(s.path, label[s.pid], s.camid) for s in samples], pids

@@ -50,8 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from reid.attacks import UapConfig, UniversalGuides, attack_mode, load_uap
-from reid.attacks.universal import apply_delta, mi_sgd_step, uap_objective
+from reid.attacks import (UapConfig, UniversalGuides, apply_delta, attack_mode, load_uap, mi_sgd_step,
+                          uap_objective)
 from reid.runtime import ReidError, check_number, file_sha256
 from reid.training import batch_hard_triplet_loss
 

@@ -89,12 +89,12 @@ def is_timm(arch):
     return arch.startswith(TIMM_PREFIX)
 
 
-def _timm_cfg(name):
+def timm_cfg(name):
     """timm's pretrained config of a model name (with or without a weights tag), or None."""
     return timm_module().models.get_pretrained_cfg(name)
 
 
 def timm_fixed_input_size(name):
     """True where timm builds the model for one input size (ViTs, Swin): it needs img_size."""
-    cfg = _timm_cfg(name)
+    cfg = timm_cfg(name)
     return bool(cfg is not None and cfg.fixed_input_size)

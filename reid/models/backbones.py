@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from reid.models.archs import (DEFAULT_ARCH, IMAGENET_MEAN, IMAGENET_STD, MODEL_KINDS, TIMM_PREFIX, TORCHVISION_ARCHS,
                                check_arch, is_timm, timm_fixed_input_size, timm_module)
-from reid.models.weights import _read_state_dict, pretrained_weights_path
+from reid.models.weights import pretrained_weights_path, read_state_dict
 from reid.runtime import ReidError, first_message_line
 
 
@@ -58,7 +58,7 @@ def _torchvision_backbone(arch, weights_file):
     dim = net.get_submodule(spec.classifier).in_features
     _replace_submodule(net, spec.classifier, nn.Identity())
     if weights_file:
-        state = _read_state_dict(weights_file, f"{spec.display} weights file",
+        state = read_state_dict(weights_file, f"{spec.display} weights file",
                                  f"torchvision {spec.display} state dict")
         if spec.rename:
             state = {spec.rename(k): v for k, v in state.items()}
@@ -77,7 +77,7 @@ def _timm_backbone(arch, img_size, weights_file):
     name = arch[len(TIMM_PREFIX):]
     kwargs = {"img_size": tuple(img_size)} if img_size else {}
     if weights_file:
-        state = _read_state_dict(weights_file, f"timm {name} weights file", f"timm {name} state dict")
+        state = read_state_dict(weights_file, f"timm {name} weights file", f"timm {name} state dict")
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"state_dict": state})
     try:
         net = timm.create_model(name, num_classes=0, **kwargs)

@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from reid.models.archs import DEFAULT_ARCH, TIMM_PREFIX, TORCHVISION_ARCHS, _timm_cfg, is_timm
+from reid.models.archs import DEFAULT_ARCH, TIMM_PREFIX, TORCHVISION_ARCHS, is_timm, timm_cfg
 from reid.runtime import ReidError, first_message_line, load_torch_file
 
 
@@ -32,7 +32,7 @@ def pretrained_weights_path(arch=DEFAULT_ARCH, pretrained_path=None):
 
 def _timm_cached_weights(name):
     """The weights file of timm model `name` in timm's caches, looked up without the network."""
-    cfg = _timm_cfg(name)
+    cfg = timm_cfg(name)
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
         raise ReidError(f"--pretrained: timm has no pretrained weights for {name}")
     places = []
@@ -56,7 +56,7 @@ def _timm_cached_weights(name):
                     "or pass --pretrained-path FILE")
 
 
-def _read_state_dict(path, what, described):
+def read_state_dict(path, what, described):
     """A state dict of tensors from a .safetensors or torch file (`weights_only`), or one line:
     `what` names the file ("ResNet50 weights file"), `described` the expected dict."""
     if path.endswith(".safetensors"):

@@ -129,7 +129,7 @@ def _pick(rng, palette, jitter=40.0):
     return np.clip(colour, 0, 255).astype(np.float32)
 
 
-def _sample_person(rng, style):
+def sample_person(rng, style):
     """Draw the attributes of one identity (colours from the style's palettes)."""
     colours = np.zeros((N_LABELS, 3), np.float32)
     colours[SKIN] = _pick(rng, style.skin, style.fine_jitter)

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from reid.data.synthetic.appearance import Pose, _sample_person
+from reid.data.synthetic.appearance import Pose, sample_person
 from reid.data.synthetic.drawing import STYLES
 from reid.runtime import ReidError
 
@@ -105,7 +105,7 @@ class _OpenReidWriter:
 def _render_identity(pid, seed, cameras, per_cam, height, width, style):
     """All images of one identity: a list of (cam_index, [(PIL image, name parts)])."""
     rng = np.random.default_rng([seed, 1, pid, *style.stream])
-    person = _sample_person(rng, style)
+    person = sample_person(rng, style)
     n_cams = int(rng.integers(2, min(len(cameras), MAX_CAMS_PER_ID) + 1))
     out = []
     for c in sorted(rng.choice(len(cameras), n_cams, replace=False).tolist()):
@@ -121,7 +121,7 @@ def _render_identity(pid, seed, cameras, per_cam, height, width, style):
 def _render_extra(rng, cameras, height, width, junk, style):
     """A distractor (a random person-like figure) or, if `junk`, a junk image."""
     c = int(rng.integers(len(cameras)))
-    person = _sample_person(rng, style)
+    person = sample_person(rng, style)
     track = _Tracklet(rng, cameras[c], person.height, height, width)
     pose, bg, name_parts = track.next_pose()
     blur = None
