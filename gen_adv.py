@@ -5,5 +5,6 @@ the command-line layer `reid/cli/attack.py` (`reid-attack` once installed).
 
 from reid.cli.attack import main, parse_args, run  # noqa: F401  (scripts and tests call main(argv))
 
+
 if __name__ == "__main__":
     run()

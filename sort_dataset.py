@@ -5,5 +5,6 @@ command-line layer `reid/cli/sort.py` (`reid-sort` once installed).
 
 from reid.cli.sort import main, run  # noqa: F401  (scripts and tests call main(argv))
 
+
 if __name__ == "__main__":
     run()

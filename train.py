@@ -5,5 +5,6 @@ the command-line layer `reid/cli/train.py` (`reid-train` once installed).
 
 from reid.cli.train import main, parse_args, run  # noqa: F401  (scripts and tests call main(argv))
 
+
 if __name__ == "__main__":
     run()

@@ -7,5 +7,6 @@ import sys
 from reid.evaluation import report
 from reid.runtime import cli_main
 
+
 if __name__ == "__main__":
     cli_main(lambda: report.main(sys.argv[1:]))

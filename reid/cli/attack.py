@@ -24,7 +24,6 @@ from reid.models import check_feature_model, check_input_size, load_model, model
 from reid.runtime import (ReidError, amp, check_input_dir, check_number, check_writable_dir, cli_main, distributed,
                           file_sha256)
 
-
 DEFAULTS = Options()
 
 

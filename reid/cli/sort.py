@@ -11,7 +11,6 @@ from reid.data import DATASET_NAMES, sort_dataset
 from reid.runtime import cli_main
 
 
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset_folder")

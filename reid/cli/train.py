@@ -28,7 +28,6 @@ from reid.runtime import (MAX_SEED, ReidError, amp, check_input_dir, check_numbe
 from reid.training import Objective, append_jsonl, keep_log_epochs, lr_schedule, train_epoch
 
 
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset_folder", help="dataset folder, or a root holding it under its usual name")

@@ -15,7 +15,6 @@ from reid.data.openreid import OPENREID_FOLDERS, OpenReidLayout
 from reid.data.samples import ReidDataset, Sample, list_images, relabel
 from reid.runtime import ReidError
 
-
 # Market-1501: 0002_c1s1_000451_03.jpg; DukeMTMC-reID: 0001_c2_f0046182.jpg
 MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
 # MSMT17: 0000_000_01_0303morning_0015_0.jpg (pid, index, camera, ...)

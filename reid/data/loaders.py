@@ -8,7 +8,6 @@ from reid.data.sampler import RandomIdentitySampler, ShardedBatchSampler
 from reid.runtime import ReidError
 
 
-
 def read_image(path):
     """Open an image as RGB; an unreadable file stops with its path."""
     try:

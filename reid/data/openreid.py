@@ -30,7 +30,6 @@ import re
 from reid.data.samples import IMAGE_EXTENSIONS, ReidDataset, Sample, relabel
 from reid.runtime import ReidError
 
-
 # open-reid: 00000042_01_0003.jpg (pid, 0-based camera, index within pid and camera)
 OPENREID_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)\.\w+$")
 OPENREID_EXAMPLE = "PPPPPPPP_CC_NNNN.jpg (pid, 0-based camera, index), e.g. 00000042_01_0003.jpg"

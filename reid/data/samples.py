@@ -5,7 +5,6 @@ import os
 from dataclasses import dataclass, field
 from typing import List, NamedTuple
 
-
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 

@@ -33,7 +33,6 @@ from reid.attacks import DEFAULT_EPS, WEIGHTINGS, attack_mode, check_budget, pac
 from reid.metrics import pairwise_distance
 from reid.runtime import ReidError
 
-
 PUSH_SOURCES = ("self", "pool", "batch")
 
 

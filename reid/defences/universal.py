@@ -55,7 +55,6 @@ from reid.attacks import (UapConfig, UniversalGuides, apply_delta, attack_mode, 
 from reid.runtime import ReidError, check_number, file_sha256
 from reid.training import batch_hard_triplet_loss
 
-
 DEFENCE_MODES = ("file", "online")
 ONLINE = "online"
 DEFAULT_EPS = 8.0  # /255, the online delta's budget

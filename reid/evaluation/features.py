@@ -8,7 +8,6 @@ from reid.metrics import retrieval_metrics
 from reid.runtime import distributed, progress
 
 
-
 @torch.no_grad()
 def extract_features(model, loader, device, desc="features", normalize=False):
     """Features (N, D) float32 of every image of `loader`, in loader order, on `device`.

@@ -27,7 +27,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from reid.runtime import atomic_path
 
-
 BORDER = 3          # frame width around a gallery image (green = correct, red = wrong)
 PAD = 4             # space between cells, also the right and bottom margin
 QUERY_GAP = 8       # extra space separating the query from its ranking list

@@ -6,7 +6,6 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import List, Optional, Union
 
-
 from reid.attacks import DEFAULT_EPS, DEFAULT_STEP, UapConfig, check_attack_args, check_norm, parse_step
 from reid.evaluation.transfer import check_transfer_paths
 from reid.runtime import MAX_SEED, ReidError, check_number

@@ -14,7 +14,6 @@ from PIL import Image
 import reid
 from reid.runtime import atomic_path, distributed, link_or_copy
 
-
 DATASET_FOLDERS = {"query": "query", "gallery": "bounding_box_test", "train": "bounding_box_train"}
 
 

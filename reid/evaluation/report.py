@@ -37,7 +37,6 @@ import numpy as np
 from reid.metrics import METRIC_NAMES, as_metrics, rank_summary
 from reid.runtime import ReidError, atomic_path, cli_main
 
-
 WORST = "worst"
 CLEAN = "clean"
 CSV_COLUMNS = ("attack", "eps") + METRIC_NAMES

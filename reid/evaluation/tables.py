@@ -1,7 +1,5 @@
 """Plain-text tables of METRICS dicts, as the commands print them."""
 
-
-
 from reid.metrics import METRIC_NAMES
 
 

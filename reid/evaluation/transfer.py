@@ -25,7 +25,6 @@ from reid.metrics import summarize_runs
 from reid.models import check_input_size, load_model
 from reid.runtime import ReidError, distributed, file_sha256
 
-
 FLAG = "--transfer-to"
 
 

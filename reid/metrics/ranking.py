@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from reid.runtime import ReidError
 
-
 AP_MODES = ("market", "standard")
 METRICS = ("euclidean", "cosine")
 

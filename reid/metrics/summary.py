@@ -1,12 +1,10 @@
 """The METRICS dict of results.json (mAP, rank-1/5/10, mINP as fractions): from a ranking, from
 a query / gallery feature pair (computed once under torchrun), and over repeated runs."""
 
-
 import numpy as np
 
 from reid.metrics.ranking import evaluate_rank, pairwise_distance
 from reid.runtime import distributed
-
 
 METRIC_NAMES = ("mAP", "rank1", "rank5", "rank10", "mINP")
 

@@ -25,7 +25,6 @@ their weights from timm's caches (the Hugging Face hub cache, or torch's for old
 or ``--pretrained-path``.
 """
 
-
 import torch
 import torch.nn as nn
 

@@ -16,7 +16,6 @@ from reid.models.backbones import ReidNet, stored_config
 from reid.runtime import ReidError, atomic_path, load_torch_file
 
 
-
 def rng_state():
     """Python, numpy and torch RNG states, as types `weights_only` loading accepts."""
     np_state = np.random.get_state()

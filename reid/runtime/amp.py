@@ -17,7 +17,6 @@ import torch
 from reid.runtime.errors import ReidError
 
 
-
 def check(amp, device):
     """ReidError unless ``--amp`` can run on ``device`` (a CUDA GPU with bfloat16)."""
     if not amp:

@@ -6,9 +6,7 @@ import math
 import os
 import tempfile
 
-
 from reid.runtime.errors import ReidError
-
 
 MAX_SEED = 2**32 - 1  # --seed: numpy's range; seed * 1000003 + run still fits torch's generators
 

@@ -1,6 +1,5 @@
 """`--device auto|cpu|cuda|cuda:N` (and the reference scripts' `--gpu N`) to a torch device."""
 
-
 import torch
 
 from reid.runtime.checks import check_number

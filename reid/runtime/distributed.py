@@ -44,7 +44,6 @@ from reid.runtime.devices import resolve_device
 from reid.runtime.errors import ReidError
 from reid.runtime.progress import set_progress
 
-
 _STATE = {"device": None, "stdout": None}
 
 

@@ -1,8 +1,5 @@
 """User-facing errors: `ReidError`, one line for the user, and the informative line of any exception."""
 
-
-
-
 class ReidError(Exception):
     """A problem with the user's input, reported as one line (no traceback)."""
 

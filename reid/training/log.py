@@ -4,7 +4,6 @@ checkpoint it continues."""
 import json
 import os
 
-
 from reid.runtime import ReidError, atomic_path
 
 

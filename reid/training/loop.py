@@ -1,7 +1,5 @@
 """The one training loop: an epoch of any objective, with a defence's `prepare_batch`."""
 
-
-
 from reid.runtime import distributed, progress
 
 

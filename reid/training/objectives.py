@@ -1,7 +1,6 @@
 """The training loss of a model kind (cross-entropy or batch-hard triplet) and the reference
 learning-rate schedules."""
 
-
 import torch
 import torch.nn.functional as F
 

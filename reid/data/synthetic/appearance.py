@@ -7,7 +7,6 @@ from typing import Callable, Tuple
 import numpy as np
 from PIL import Image
 
-
 # Part labels drawn into the label map, coloured afterwards.
 BG, SKIN, HAIR, UPPER, UPPER2, LOWER, SHOES, BAG, HAT = range(9)
 N_LABELS = 9

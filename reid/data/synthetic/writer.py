@@ -14,7 +14,6 @@ from reid.data.synthetic.appearance import Pose, sample_person
 from reid.data.synthetic.drawing import STYLES
 from reid.runtime import ReidError
 
-
 SPLITS = ("bounding_box_train", "query", "bounding_box_test")
 MAX_CAMS_PER_ID = 6
 MAX_PID = 9999  # pids are written with four digits
