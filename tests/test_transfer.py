@@ -55,10 +55,11 @@ def test_surrogate_as_its_own_target_reproduces_white_box(trained_checkpoint, sy
 
 
 def test_transfer_to_a_model_of_another_input_size(trained_checkpoint, synthetic_dataset, tmp_path, monkeypatch):
-    """The target reads 96x48: its clean features come from the images at 96x48, the
-    adversarial ones from the surrogate's 64x32 adversarial images resized; images the attack
-    leaves alone (gallery distractors and junk) keep their clean features. Checked against the
-    target applied directly."""
+    """The target reads 96x48: every image reaches it as the surrogate's 64x32 input resized,
+    the clean baseline as the adversarial images (so the column measures the attack, not the
+    resize); images the attack leaves alone (gallery distractors and junk) keep their clean
+    features; the target's metrics at its own size are recorded beside the baseline. Checked
+    against the target applied directly."""
     import gen_adv
     ckpt = read_checkpoint(str(trained_checkpoint / "m.th"))
     ckpt["input_size"] = [96, 48]  # the same weights, read at another size
@@ -81,21 +82,27 @@ def test_transfer_to_a_model_of_another_input_size(trained_checkpoint, synthetic
     target, _ = load_model(target_path)
     target.eval()
     data = load_dataset(synthetic_dataset)
-    big = build_transforms(96, 48)
+    big, small = build_transforms(96, 48), build_transforms(64, 32)
     feats = np.load(out / "features.npz")
+
+    def resized(x):
+        return F.interpolate(x, size=(96, 48), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+
     with torch.no_grad():
-        clean_q = target(torch.stack([big(read_image(s.path)) for s in data.query]))
-        clean_g = target(torch.stack([big(read_image(s.path)) for s in data.gallery]))
+        clean_q = target(resized(torch.stack([small(read_image(s.path)) for s in data.query])))
+        clean_g = target(resized(torch.stack([small(read_image(s.path)) for s in data.gallery])))
+        native_q = target(torch.stack([big(read_image(s.path)) for s in data.query]))
+        native_g = target(torch.stack([big(read_image(s.path)) for s in data.gallery]))
         np.testing.assert_allclose(feats["transfer0_query_features"], clean_q.numpy(), atol=2e-4)
         np.testing.assert_allclose(feats["transfer0_gallery_features"], clean_g.numpy(), atol=2e-4)
+        np.testing.assert_allclose(feats["transfer0_query_features_native"], native_q.numpy(), atol=2e-4)
+        np.testing.assert_allclose(feats["transfer0_gallery_features_native"], native_g.numpy(), atol=2e-4)
         expected = clean_g.clone()
         adv = torch.cat([a for a, _, _ in seen])
         indices = torch.cat([i for _, i, _ in seen])
         attacked = torch.cat([m for _, _, m in seen])
         # attacked images: resized, then the target; the others keep their clean features
-        resized = F.interpolate(adv[attacked], size=(96, 48), mode="bilinear", align_corners=False,
-                                antialias=True).clamp(0, 1)
-        expected[indices[attacked]] = target(resized)
+        expected[indices[attacked]] = target(resized(adv[attacked]))
     assert attacked.any() and not attacked.all()  # distractor and junk queries are not attacked
     assert sorted(indices.tolist()) == list(range(len(data.gallery)))
     adv_feats = feats["transfer0_gallery_features_adv_FNA"]
@@ -107,6 +114,28 @@ def test_transfer_to_a_model_of_another_input_size(trained_checkpoint, synthetic
         torch.from_numpy(feats["transfer0_query_features"]), torch.from_numpy(adv_feats), pids, gpids, cams, gcams)
     assert entry["clean"]["mAP"] == pytest.approx(
         retrieval_metrics(clean_q, clean_g, pids, gpids, cams, gcams)["mAP"], abs=1e-4)
+    assert entry["clean_native"]["mAP"] == pytest.approx(
+        retrieval_metrics(native_q, native_g, pids, gpids, cams, gcams)["mAP"], abs=1e-4)
+
+
+@pytest.mark.parametrize("size", [[96, 48], [48, 24]])
+def test_an_imperceptible_attack_leaves_a_target_of_another_size_at_its_baseline(
+        trained_checkpoint, synthetic_dataset, tmp_path, size):
+    """Noise of 0.001/255 does nothing, whatever the target's input size: the transfer column
+    equals the target's baseline (the hostile trial saw a 96x48 target fall from 11.48 to 8.77
+    mAP here when the baseline was taken at its own size)."""
+    import gen_adv
+    ckpt = read_checkpoint(str(trained_checkpoint / "m.th"))
+    ckpt["input_size"] = size
+    target_path = str(tmp_path / "other.th")
+    torch.save(ckpt, target_path)
+    results = gen_adv.main([str(trained_checkpoint), synthetic_dataset, "m.th", "-a", "noise", "--eps", "0.001",
+                            "--device", "cpu", "--workers", "0", "--out", str(tmp_path / "o"),
+                            "--transfer-to", target_path])
+    entry = results["transfer"][target_path]
+    for key in ("mAP", "rank1", "mINP"):
+        assert entry["attacks"]["noise"]["mean"][key] == pytest.approx(entry["clean"][key], abs=2e-3)
+    assert entry["clean_native"] != entry["clean"]  # the resize alone moves the target: both are recorded
 
 
 def test_transfer_flag_errors(trained_checkpoint, synthetic_dataset, tmp_path):

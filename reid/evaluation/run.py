@@ -204,6 +204,12 @@ def print_tables(results, opts, budgets, target, targets):
             print("\nwhite-box (this model) and transfer (the same adversarial images on each --transfer-to model), "
                   "mAP / rank-1 in %")
             print(side_by_side([n for n, _ in rows], columns))
+    for t in targets if targets else ():
+        if t.clean_native is not None:
+            (h, w), (sh, sw) = t.input_size, t.resize_from
+            print(f"note: {os.path.basename(t.label)} reads {h}x{w}: every image reaches it as this model's {sh}x{sw} "
+                  f"input resized, its clean baseline too ({100 * t.clean['mAP']:.2f} mAP); from the original images "
+                  f"at its own size its clean mAP is {100 * t.clean_native['mAP']:.2f}")
 
 
 @distributed.main_only

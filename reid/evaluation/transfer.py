@@ -1,14 +1,19 @@
 """Transfer in one run: the adversarial images crafted on one model (the surrogate) evaluated
 on other models (the targets, ``--transfer-to CKPT ...``).
 
-Each target is a checkpoint, rebuilt from the checkpoint alone. Its clean query / gallery
-features are computed once, at its own input size. During every attack run,
-``TransferFeatures`` is a hook of ``reid.evaluation.attack_loop.attack_split``: each batch's adversarial
-images go through every target there (resized to the target's input size when it differs
-from the surrogate's), so there is no second attack loop and nothing is written to disk.
-A target computes its features exactly as ``attack_batch`` does for the surrogate (one
-no-grad forward pass of the perturbed rows, clean features for the rows the attack leaves
-alone), so the surrogate as its own target reproduces the white-box numbers exactly.
+Each target is a checkpoint, rebuilt from the checkpoint alone. The attack is crafted once,
+at the surrogate's input size, and a target sees every image, clean or adversarial, the same
+way: the surrogate's input (the image at the surrogate's size) resized, bilinear and
+antialiased, to the target's size when the two differ (``ResizedInput``). Its clean
+baseline, computed once, goes through that same path, so the transfer column measures the
+perturbation and nothing of the resize; the target's own clean metrics (the images at its
+own size) are recorded beside it as ``clean_native`` when the sizes differ. During every
+attack run, ``TransferFeatures`` is a hook of ``reid.evaluation.attack_loop.attack_split``:
+each batch's adversarial images go through every target there, so there is no second attack
+loop and nothing is written to disk. A target computes its features exactly as
+``attack_batch`` does for the surrogate (one no-grad forward pass of the perturbed rows,
+clean features for the rows the attack leaves alone), so the surrogate as its own target
+reproduces the white-box numbers exactly.
 """
 
 import os
@@ -49,9 +54,12 @@ class TransferTarget:
     label: str                    # the --transfer-to argument: its key in results.json
     model: torch.nn.Module
     input_size: tuple             # (H, W) the target reads
-    resize_from: tuple = None     # the surrogate's (H, W) when adversarial images are resized
-    splits: dict = field(default_factory=dict)   # "query" / "gallery" -> Split (clean features)
-    clean: dict = None                           # METRICS of the clean features
+    resize_from: tuple = None     # the surrogate's (H, W) when its images are resized for the target
+    view: torch.nn.Module = None  # what the evaluation feeds: the model, or ResizedInput(model)
+    splits: dict = field(default_factory=dict)   # "query" / "gallery" -> Split (clean features, via view)
+    clean: dict = None                           # METRICS of the clean features: the transfer baseline
+    native: dict = field(default_factory=dict)   # with resize_from: Split of the images at the target's size
+    clean_native: dict = None                    # with resize_from: METRICS of those
     runs: dict = field(default_factory=dict)       # (attack, eps) -> [METRICS per run]
     per_query: dict = field(default_factory=dict)  # (attack, eps) -> [per-query values per run]
     worst: list = field(default_factory=list)      # the worst case on this target, per budget
@@ -70,7 +78,8 @@ class TransferTarget:
             else:
                 attacks[name] = entry
         worst = {"worst": {"by_eps": self.worst} if sweep else self.worst[0]} if self.worst else {}
-        return {"clean": self.clean, "attacks": attacks, **worst}
+        native = {"clean_native": self.clean_native} if self.clean_native is not None else {}
+        return {"clean": self.clean, **native, "attacks": attacks, **worst}
 
     def candidates(self, names, eps):
         """The worst case's candidates at budget ``eps``: (attack, run, per-query values)."""
@@ -87,32 +96,57 @@ def load_targets(paths, input_size, device):
         check_input_size(model, size, path)
         model.to(device).eval()
         resize_from = None if size == tuple(input_size) else tuple(input_size)
+        view = ResizedInput(model, size).eval() if resize_from else model
         info = {"checkpoint": os.path.abspath(path), "checkpoint_sha256": file_sha256(path),
                 "checkpoint_epoch": ckpt.get("epoch"), "model": model.config(), "input_size": list(size),
                 "adversarial_images_resized_from": list(resize_from) if resize_from else None}
-        targets.append(TransferTarget(path, model, size, resize_from, info=info))
+        targets.append(TransferTarget(path, model, size, resize_from, view, info=info))
     return targets
 
 
+class ResizedInput(torch.nn.Module):
+    """A target fed the surrogate's input: images at the surrogate's size, resized (bilinear,
+    antialiased, clipped to [0, 1]) to the target's ``size`` before its forward pass."""
+
+    def __init__(self, model, size):
+        super().__init__()
+        self.model, self.size = model, list(size)
+
+    def forward(self, x):
+        x = TF.resize(x, self.size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True).clamp_(0, 1)
+        return self.model(x)
+
+
 def extract_target_features(targets, data, loaders, opts, device, metric):
-    """Each target's clean query / gallery features and metrics, once: through the
-    surrogate's `loaders` where the input size is the same, its own loaders otherwise."""
+    """Each target's clean query / gallery features and metrics, once, through the surrogate's
+    `loaders` and the target's view (the path its adversarial images take); for a target of
+    another input size also at its own size, from its own loaders (``clean_native``)."""
     for target in targets:
-        own = loaders
-        if target.resize_from:
-            tf = build_transforms(*target.input_size, train=False)
-            own = {name: eval_loader(getattr(data, name), tf, opts.batch_size, opts.workers) for name in loaders}
-        for name, loader in own.items():
-            feats, pids, camids = extract_features(target.model, loader, device,
-                                                   f"{os.path.basename(target.label)} {name} features", opts.cosine)
+        shown = os.path.basename(target.label)
+        for name, loader in loaders.items():
+            feats, pids, camids = extract_features(target.view, loader, device, f"{shown} {name} features",
+                                                   opts.cosine)
             target.splits[name] = Split(name, feats, pids, camids, getattr(data, name))
         target.clean = split_metrics(target.splits["query"], target.splits["gallery"], metric)
+        if target.resize_from:
+            tf = build_transforms(*target.input_size, train=False)
+            for name in loaders:
+                loader = eval_loader(getattr(data, name), tf, opts.batch_size, opts.workers)
+                feats, pids, camids = extract_features(target.model, loader, device,
+                                                       f"{shown} {name} features at its own size", opts.cosine)
+                target.native[name] = Split(name, feats, pids, camids, getattr(data, name))
+            target.clean_native = split_metrics(target.native["query"], target.native["gallery"], metric)
 
 
 def clean_arrays(targets):
-    """features.npz entries of the targets' clean features: `transfer<k>_query_features`, ..."""
-    return {f"transfer{k}_{name}_features": split.feats.cpu().numpy()
-            for k, t in enumerate(targets) for name, split in t.splits.items()}
+    """features.npz entries of the targets' clean features: `transfer<k>_query_features`, ... (the
+    baseline's), and `transfer<k>_query_features_native`, ... for a target of another size."""
+    arrays = {}
+    for k, t in enumerate(targets):
+        for suffix, splits in (("", t.splits), ("_native", t.native)):
+            arrays.update({f"transfer{k}_{name}_features{suffix}": split.feats.cpu().numpy()
+                           for name, split in splits.items()})
+    return arrays
 
 
 class TransferFeatures:
@@ -131,11 +165,7 @@ class TransferFeatures:
             idx = indices.to(out.device)
             batch = target.splits[self.split].feats[idx].clone()  # unattacked rows: clean features
             if rows.numel():
-                x = adv[rows]
-                if target.resize_from:
-                    x = TF.resize(x, list(target.input_size), interpolation=TF.InterpolationMode.BILINEAR,
-                                  antialias=True).clamp_(0, 1)
-                batch[rows.to(batch.device)] = target.model(x).to(batch.dtype).to(batch.device)
+                batch[rows.to(batch.device)] = target.view(adv[rows]).to(batch.dtype).to(batch.device)
             out[idx] = F.normalize(batch, dim=1) if self.cosine else batch
 
     def arrays(self, name):
