@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -124,3 +126,40 @@ def test_unreadable_image_in_a_loader_worker_is_one_line(trained_checkpoint, syn
     last = proc.stderr.strip().splitlines()[-1]  # progress bars may precede it
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert last.startswith("error: cannot read image") and victim in last
+
+
+RESUME = ["--resume", "-f", "m.th", "-n", "3", *SMALL, "--classif", "-b", "16", "--device", "cpu", "--workers", "0"]
+
+
+@pytest.mark.parametrize("flags, shown", [(["--lr", "0.1"], "--lr 0.00035, the flags given ask for 0.1"),
+                                          (["-wd", "0"], "-wd 0.0005, the flags given ask for 0.0"),
+                                          (["--seed", "1"], "--seed 0, the flags given ask for 1"),
+                                          (["--workers", "1"], "--workers 0, the flags given ask for 1")])
+def test_resume_with_changed_flags_stops_naming_the_flag(trained_checkpoint, synthetic_dataset, tmp_path, flags,
+                                                         shown):
+    """A resume continues the recorded run or refuses: the optimiser's settings come from the
+    checkpoint, so a new --lr would be recorded as the run's while the old one trains on."""
+    import train
+    from reid.runtime import ReidError
+    shutil.copy(trained_checkpoint / "m-last.th", tmp_path / "m-last.th")
+    args = [synthetic_dataset, *RESUME, "--checkpoint-dir", str(tmp_path)]  # the last --workers counts
+    with pytest.raises(ReidError, match=rf"^--resume: .*m-last.th was trained with {re.escape(shown)} \(a resume"):
+        train.main(args + flags)
+    assert read_checkpoint(str(tmp_path / "m-last.th"))["epoch"] == 1  # left as it was
+
+
+def test_resume_on_another_dataset_with_as_many_identities_stops(trained_checkpoint, synthetic_dataset, tmp_path):
+    """Labels would mean other people, and "best mAP so far" would compare two test sets."""
+    import train
+    from reid.data.synthetic import generate
+    from reid.runtime import ReidError
+    other = str(tmp_path / "other")
+    generate(other, ids=12, cams=3, seed=5, distractors=6, junk=3)  # the same size, other identities
+    shutil.copy(trained_checkpoint / "m-last.th", tmp_path / "m-last.th")
+    with pytest.raises(ReidError, match=r"^--resume: .*m-last.th was trained on other identities than those of "):
+        train.main([other, *RESUME, "--checkpoint-dir", str(tmp_path)])
+    ckpt = read_checkpoint(str(tmp_path / "m-last.th"))  # the same identities, other images: stops too
+    ckpt["train_fingerprint"] = "0" * 64
+    torch.save(ckpt, tmp_path / "m-last.th")
+    with pytest.raises(ReidError, match=r"m-last.th was trained on other training images than those of "):
+        train.main([synthetic_dataset, *RESUME, "--checkpoint-dir", str(tmp_path)])

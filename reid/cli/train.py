@@ -10,6 +10,7 @@ Several processes (GPUs, machines): torchrun --nproc_per_node N train.py ... (se
 """
 
 import argparse
+import hashlib
 import os
 import time
 from dataclasses import asdict
@@ -118,6 +119,44 @@ def parse_args(argv=None):
     return args
 
 
+# What a run's numbers depend on, besides the checkpoint: (argument, flag, when it matters).
+RUN_FLAGS = (("kind", "--classif / --triplet", None), ("lr", "--lr", None), ("weight_decay", "-wd", None),
+             ("batch_size", "-b", None), ("soft_margin", "--soft_margin", lambda a: a.kind == "triplet"),
+             ("id_batch", "--id_batch", None),
+             ("num_instances", "-ni", lambda a: a.id_batch or a.meta_dataset is not None),
+             ("embedding_size", "-e", lambda a: a.kind == "triplet"), ("height", "--height", None),
+             ("width", "--width", None), ("seed", "--seed", None), ("dataset", "--dataset", None),
+             ("workers", "--workers", None), ("amp", "--amp", None))
+
+
+def train_fingerprint(data):
+    """SHA-256 of the training list (file name, identity, camera of every image): which data a run trains on."""
+    listing = "\n".join(f"{os.path.basename(s.path)} {pid} {s.camid}"
+                         for s, pid in zip(data.train, (data.train_pids[s.pid] for s in data.train)))
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def check_resumed_run(args, ckpt, last_path, data):
+    """A resume continues the recorded run exactly, or stops: one line naming the flag (or the
+    data) that differs from what `last_path` recorded. Entries a checkpoint lacks (written by
+    an older version, or the paper's) are not checked. -n, --eval-every, --device and the
+    folders may change: they do not change the numbers of the epochs to come."""
+    recorded = ckpt.get("args") or {}
+    for name, flag, matters in RUN_FLAGS:
+        if name not in recorded or (matters is not None and not matters(args)):
+            continue
+        old, new = recorded[name], getattr(args, name)
+        if old != new:
+            raise ReidError(f"--resume: {last_path} was trained with {flag} {old}, the flags given ask for {new} "
+                            "(a resume continues the recorded run: give its flags, or start another -f)")
+    if "train_pids" in ckpt and list(ckpt["train_pids"]) != list(data.train_pids):
+        raise ReidError(f"--resume: {last_path} was trained on other identities than those of {args.dataset_folder} "
+                        f"({len(ckpt['train_pids'])} recorded, {data.num_train_pids} here, not the same pids)")
+    if "train_fingerprint" in ckpt and ckpt["train_fingerprint"] != train_fingerprint(data):
+        raise ReidError(f"--resume: {last_path} was trained on other training images than those of "
+                        f"{args.dataset_folder} (the same identities, another image list)")
+
+
 def checkpoint_paths(args):
     stem, ext = os.path.splitext(args.filename)
     ext = ext or ".th"
@@ -182,6 +221,7 @@ def main(argv=None):
         if model.num_classes not in (None, data.num_train_pids):
             raise ReidError(f"{last_path} was trained on {model.num_classes} identities, "
                             f"{args.dataset_folder} has {data.num_train_pids}")
+        check_resumed_run(args, ckpt, last_path, data)
         saved = ckpt.get("goat", goat_state)
         if saved is not None and "weighting" not in saved:  # written before weightings existed: mean
             saved = {**saved, "weighting": "mean"}
@@ -236,6 +276,7 @@ def main(argv=None):
 
         objective = MetaObjective(objective, defence, args.meta_lr, meta_batches)
     num_instances = args.num_instances if args.id_batch else None
+    fingerprint = train_fingerprint(data)
     metrics = None
     for epoch in range(start_epoch, args.n_epoch):
         t0 = time.perf_counter()
@@ -261,7 +302,7 @@ def main(argv=None):
             print(f"epoch {epoch}: loss {stats['loss']:.4f}")
         extra = {"scheduler": scheduler.state_dict(), "input_size": [args.height, args.width],
                  "args": {**vars(args), "goat": goat_state}, "dataset": data.name,
-                 "train_pids": data.train_pids, "goat": goat_state,
+                 "train_pids": data.train_pids, "train_fingerprint": fingerprint, "goat": goat_state,
                  "uap_adv": defence.state() if defence else None}
         current_map = metrics["mAP"] if metrics else -1.0
         rng = distributed.rng_record(rng_state())  # every process's RNG state, for an exact --resume
