@@ -139,3 +139,72 @@ def test_model_factory_errors(synthetic_dataset, tmp_path, monkeypatch, args, me
         gen_adv.main([synthetic_dataset, *args, "--height", "64", "--width", "32", "--device", "cpu",
                       "--out", str(out)])
     assert "\n" not in str(err.value) and not out.exists()
+
+
+def test_api_takes_paths_and_numpy_numbers(synthetic_dataset, tmp_path):
+    """What a Python user naturally passes: pathlib paths, numpy integers, one attack name."""
+    import pathlib
+
+    import numpy as np
+    out = tmp_path / "paths"
+    results = reid.evaluate_robustness(tiny_model(), pathlib.Path(synthetic_dataset), attacks="SMA",
+                                       eps=np.int64(4), input_size=(np.int64(64), 32), out=out, max_iter=2,
+                                       device="cpu", workers=0, nb_repeat=np.int32(1), seed=np.uint8(3))
+    assert json.load(open(out / "results.json"))["attacks"]["SMA"] == results["attacks"]["SMA"]
+    assert results["config"]["out"] == str(out) and results["config"]["dataset_folder"] == synthetic_dataset
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(attacks=5), r"attacks=5: expected an attack name or a list of names"),
+    (dict(attacks=["SMA", 3]), r"attack=\['SMA', 3\]: expected a list of strings"),
+    (dict(input_size="64x32"), r"input_size='64x32': expected \(height, width\), two integers"),
+    (dict(input_size=(64.0, 32)), r"input_size=\(64.0, 32\): expected \(height, width\), two integers"),
+    (dict(nb_repeat="3"), r"nb_repeat='3': expected an integer"),
+    (dict(batch_size=2.5), r"batch_size=2.5: expected an integer"),
+    (dict(seed="0"), r"seed='0': expected an integer"),
+    (dict(cosine=1), r"cosine=1: expected True or False"),
+    (dict(eps="5"), r"eps='5': expected a number or a list of numbers or None"),
+    (dict(out=3), r"out=3: expected a string or None"),
+])
+def test_api_wrong_types_are_one_line_before_any_work(synthetic_dataset, tmp_path, kwargs, message):
+    args = dict(attacks="SMA", input_size=(64, 32), out=str(tmp_path / "o"), device="cpu", workers=0)
+    args.update(kwargs)
+    with pytest.raises(ReidError, match=rf"^evaluate_robustness: {message}$"):
+        reid.evaluate_robustness(tiny_model(), synthetic_dataset, **args)
+    assert not (tmp_path / "o").exists()
+
+
+class Detached(torch.nn.Module):
+    def __init__(self, transform):
+        super().__init__()
+        self.net, self.transform = tiny_model(), transform
+
+    def forward(self, x):
+        return self.transform(self.net(x))
+
+
+@pytest.mark.parametrize("transform, message", [
+    (lambda f: f.detach(), "the model's features carry no gradient with respect to the images"),
+    (lambda f: (f * 100).long(), "maps a \\(2, 3, 64, 32\\) batch to torch.int64 features, expected floating point"),
+    (lambda f: f / 0, "maps a \\(2, 3, 64, 32\\) batch to non-finite features"),
+])
+def test_api_model_probe_refuses_what_no_attack_can_use(synthetic_dataset, tmp_path, transform, message):
+    """Said by the probe, before the clean pass, not at the first attack."""
+    with pytest.raises(ReidError, match=rf"^evaluate_robustness: .*{message}"):
+        reid.evaluate_robustness(Detached(transform), synthetic_dataset, attacks="SMA", input_size=(64, 32),
+                                 out=str(tmp_path / "o"), device="cpu", workers=0)
+    assert not (tmp_path / "o").exists()
+
+
+def test_api_detached_model_is_fine_without_attacks(synthetic_dataset, tmp_path):
+    results = reid.evaluate_robustness(Detached(lambda f: f.detach()), synthetic_dataset, input_size=(64, 32),
+                                       out=str(tmp_path / "o"), device="cpu", workers=0)
+    assert 0 < results["clean"]["mAP"] <= 1
+
+
+def test_api_model_on_the_meta_device_is_one_line(synthetic_dataset, tmp_path):
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 32, 8))
+    with pytest.raises(ReidError, match=r"^evaluate_robustness: the model's 1.weight is on the meta device"):
+        reid.evaluate_robustness(model, synthetic_dataset, attacks="SMA", input_size=(64, 32),
+                                 out=str(tmp_path / "o"), device="cpu", workers=0)

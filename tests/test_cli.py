@@ -163,3 +163,14 @@ def test_resume_on_another_dataset_with_as_many_identities_stops(trained_checkpo
     torch.save(ckpt, tmp_path / "m-last.th")
     with pytest.raises(ReidError, match=r"m-last.th was trained on other training images than those of "):
         train.main([synthetic_dataset, *RESUME, "--checkpoint-dir", str(tmp_path)])
+
+
+def test_the_same_run_writes_the_same_checkpoint_bytes(synthetic_dataset, tmp_path):
+    """Same seed, same flags: the same file, to the byte (its SHA-256 names the model in results.json)."""
+    import hashlib
+
+    def digests():
+        train(synthetic_dataset, tmp_path, epochs=1)  # a fresh run each time, in the same folder
+        return [hashlib.sha256(open(tmp_path / name, "rb").read()).hexdigest() for name in ("m.th", "m-last.th")]
+
+    assert digests() == digests()

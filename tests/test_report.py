@@ -147,7 +147,10 @@ def test_report_cli_reads_a_results_json_from_before_sweeps(tmp_path, capsys):
     assert [(r[0], r[1], r[2]) for r in table[1:]] == [("FNA", "5", "0.100000"), ("SMA", "5", "0.200000"),
                                                         ("clean", "0", "0.600000")]
     assert (tmp_path / "robustness.png").stat().st_size > 1000
-    for text in ("{}", '{"clean": {}, "attacks": {"FNA": {}}}', "not json"):
+    good = json.dumps(metrics(0.6))
+    for text in ("{}", '{"clean": {}, "attacks": {"FNA": {}}}', "not json",
+                 good.replace("0.6", '"0.6"', 1).join(['{"clean": ', "}"]),              # a metric as a string
+                 '{"clean": ' + good + ', "attacks": {"FNA": {"mean": null, "eps": 5}}}'):  # no mean
         path.write_text(text)
         with pytest.raises(SystemExit) as exit_code:
             cli_main(lambda: report.main([str(path)]))

@@ -147,12 +147,14 @@ def test_cli(tmp_path):
     assert len(_parse(str(out))["bounding_box_test"]) > 3
 
 
-def test_cli_error_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("flags, shown", [(["--cams", "1"], "--cams 1"),
+                                          (["--seed", "-1"], "--seed -1: expected an integer >= 0")])
+def test_cli_error_is_one_line(tmp_path, capsys, flags, shown):
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(lambda: main([str(tmp_path), "--cams", "1"]))
+        cli_main(lambda: main([str(tmp_path), *flags]))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--cams 1" in err
+    assert err.count("\n") == 1 and shown in err
 
 
 # --- open-reid layout, virtual style ---

@@ -299,8 +299,8 @@ def save_uap(path, delta, config, **info):
     """Write ``uap.pt`` atomically: the delta, its budget and how it was learned."""
     record = {"format": UAP_FORMAT, "delta": delta.detach().cpu().float(), "eps": float(config.eps),
               "input_size": list(delta.shape[1:]), "config": asdict(config), **info}
-    with atomic_path(path) as tmp:
-        torch.save(record, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: the archive's records are named
+        torch.save(record, f)                               # "archive/", not after the temporary file
 
 
 def load_uap(path, input_size=None):

@@ -20,7 +20,7 @@ import os
 from reid.attacks import ATTACK_NAMES, UAP_LOSSES, UNIVERSAL_ATTACKS, WEIGHTINGS
 from reid.data import DATASET_NAMES
 from reid.evaluation import Options, check_options, default_out, run_evaluation
-from reid.models import check_feature_model, check_input_size, load_model, model_from_factory
+from reid.models import check_feature_model, check_input_size, check_materialised, load_model, model_from_factory
 from reid.runtime import (ReidError, amp, check_input_dir, check_number, check_writable_dir, cli_main, distributed,
                           file_sha256)
 
@@ -143,9 +143,11 @@ def main(argv=None):
     config = {"gpu": args.gpu, "height": args.height, "width": args.width}
     if args.model_factory is not None:
         model = model_from_factory(args.model_factory, args.weights)
+        check_materialised(model, f"--model-factory {args.model_factory}")
         model.to(device).eval()
         height, width = args.height or 256, args.width or 128
-        check_feature_model(model, (height, width), device, f"--model-factory {args.model_factory}")
+        check_feature_model(model, (height, width), device, f"--model-factory {args.model_factory}",
+                            needs_grad=bool(opts.attack))
         sha256 = file_sha256(args.weights) if args.weights else None
         config.update(model_factory=args.model_factory, weights=args.weights and os.path.abspath(args.weights),
                       weights_sha256=sha256)

@@ -2,7 +2,9 @@
 before any work, and how budgets are written."""
 
 import datetime
+import numbers
 import os
+import typing
 from dataclasses import dataclass, field, fields
 from typing import List, Optional, Union
 
@@ -54,6 +56,47 @@ class Options:
 
 
 OPTION_NAMES = tuple(f.name for f in fields(Options))
+PATH_OPTIONS = ("out", "uap", "uap_source", "meta_dataset")  # also each of transfer_to
+
+
+def _kind(tp):
+    """How a type of `Options` reads in an error, and a test of a value against it."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is Union:
+        parts = [_kind(a) for a in args if a is not type(None)]
+        text = " or ".join(t for t, _ in parts) + (" or None" if type(None) in args else "")
+        return text, lambda v: (v is None and type(None) in args) or any(ok(v) for _, ok in parts)
+    if typing.get_origin(tp) in (list, List):
+        text, ok = _kind(args[0])
+        return f"a list of {text.split(' ', 1)[1]}s", lambda v: isinstance(v, (list, tuple)) and all(map(ok, v))
+    return {bool: ("True or False", lambda v: isinstance(v, bool)),
+            int: ("an integer", lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)),
+            float: ("a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)),
+            str: ("a string", lambda v: isinstance(v, str))}[tp]
+
+
+def python_options(what, **given):
+    """The `Options` of Python keywords (`evaluate_robustness`), checked before any work as a
+    Python user writes them: paths may be `os.PathLike`, numbers numpy scalars, `attack` one
+    name or a list; anything else of the wrong type is one line naming the keyword."""
+    values = dict(given)
+    for name in PATH_OPTIONS:
+        if isinstance(values.get(name), os.PathLike):
+            values[name] = os.fspath(values[name])
+    if isinstance(values.get("transfer_to"), (str, os.PathLike)):
+        values["transfer_to"] = [values["transfer_to"]]
+    if isinstance(values.get("transfer_to"), (list, tuple)):
+        values["transfer_to"] = [os.fspath(v) if isinstance(v, os.PathLike) else v for v in values["transfer_to"]]
+    if isinstance(values.get("attack"), str):
+        values["attack"] = [values["attack"]]
+    hints = typing.get_type_hints(Options)
+    for name, value in values.items():
+        text, ok = _kind(hints[name])
+        if not ok(value):
+            raise ReidError(f"{what}: {name}={value!r}: expected {text}")
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool) and hints[name] is int:
+            values[name] = int(value)
+    return Options(**values)
 
 
 def eps_values(eps, norm="linf"):

@@ -187,7 +187,26 @@ def read_results(path):
         raise ReidError(f"{path}: cannot read a results.json ({getattr(err, 'strerror', None) or err})") from None
     if not isinstance(results, dict) or "clean" not in results:
         raise ReidError(f"{path}: not a results.json of gen_adv.py (no 'clean' entry)")
+    check_rows(results, path)
     return results
+
+
+def check_rows(results, path):
+    """Every row the report reads holds an eps and the five metrics as finite numbers; one
+    line naming the first entry that does not."""
+    def bad(value):
+        return not (isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value))
+
+    try:
+        table = rows(results)
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise ReidError(f"{path}: an attack or worst-case entry is malformed ({type(err).__name__}: {err})") from None
+    for name, eps, metrics in table:
+        if not isinstance(metrics, dict):
+            raise ReidError(f"{path}: {name} at eps {eps:g}: expected its metrics as a dict, found {metrics!r}")
+        for key in METRIC_NAMES:
+            if key not in metrics or bad(metrics[key]):
+                raise ReidError(f"{path}: {name} at eps {eps:g}: {key} is {metrics.get(key)!r}, expected a number")
 
 
 def main(argv=None):

@@ -10,6 +10,7 @@ images and pictures) into `out`, and returns the results.json dict. With `transf
 checkpoint (or calls a user's model factory, `model_from_factory`) and passes its options.
 """
 
+import numbers
 import os
 from dataclasses import asdict
 
@@ -20,7 +21,8 @@ from reid.attacks import UNIVERSAL_ATTACKS, check_budget, resolve_step, universa
 from reid.data import build_transforms, eval_loader, load_dataset
 from reid.evaluation.attack_loop import attack_split, chain
 from reid.evaluation.features import extract_features
-from reid.evaluation.options import OPTION_NAMES, Options, check_options, default_out, eps_label, eps_text, eps_values
+from reid.evaluation.options import (OPTION_NAMES, check_options, default_out, eps_label, eps_text, eps_values,
+                                     python_options)
 from reid.evaluation.outputs import ImageSaver, versions, write_features, write_json
 from reid.evaluation.pictures import Pictures
 from reid.evaluation.report import budget_rows, worst_entry, write_report
@@ -29,7 +31,7 @@ from reid.evaluation.tables import metrics_table, side_by_side
 from reid.evaluation.transfer import TransferFeatures, clean_arrays, extract_target_features, load_targets
 from reid.evaluation.universal import obtain_uap
 from reid.metrics import pairwise_distance, summarize_runs
-from reid.models import check_feature_model
+from reid.models import check_feature_model, check_materialised
 from reid.runtime import (ReidError, amp, check_input_dir, check_number, check_writable_dir, distributed,
                           resolve_device, seed_everything)
 
@@ -233,15 +235,24 @@ def evaluate_robustness(model, dataset_folder, attacks=(), dataset="market", eps
                         f"{', '.join(OPTION_NAMES)}")
     if not isinstance(model, torch.nn.Module):
         raise ReidError(f"evaluate_robustness: model must be a torch.nn.Module, got {type(model).__name__}")
-    attacks = [attacks] if isinstance(attacks, str) else list(attacks)
-    opts = check_options(Options(attack=attacks, dataset=dataset, eps=eps, out=out, **options))
+    what = "evaluate_robustness"
+    if not isinstance(attacks, (str, list, tuple)):
+        raise ReidError(f"{what}: attacks={attacks!r}: expected an attack name or a list of names")
+    opts = check_options(python_options(what, attack=attacks, dataset=dataset, eps=eps, out=out, **options))
+    if not (isinstance(input_size, (list, tuple)) and len(input_size) == 2
+            and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in input_size)):
+        raise ReidError(f"{what}: input_size={input_size!r}: expected (height, width), two integers")
     height, width = (int(v) for v in input_size)
     for flag, value in (("height", height), ("width", width)):
         check_number(f"input_size {flag}", value, 16)
+    if not isinstance(dataset_folder, (str, os.PathLike)):
+        raise ReidError(f"{what}: dataset_folder={dataset_folder!r}: expected a path")
+    dataset_folder = os.fspath(dataset_folder)
     check_input_dir(dataset_folder, "dataset folder")
     opts.out = opts.out or default_out(type(model).__name__, opts.dataset)
     check_writable_dir(opts.out, "out")
     device = resolve_device(opts.device)
+    check_materialised(model, what)
     model.to(device).eval()
-    check_feature_model(model, (height, width), device, "evaluate_robustness")
+    check_feature_model(model, (height, width), device, what, needs_grad=bool(opts.attack))
     return run_evaluation(model, dataset_folder, opts, (height, width), device)

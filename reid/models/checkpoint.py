@@ -40,8 +40,8 @@ def save_checkpoint(path, model, map_score, epoch, optimizer=None, **extra):
     ckpt = {"net": model.state_dict(), "map": float(map_score), "epoch": int(epoch),
             "optim": optimizer.state_dict() if optimizer is not None else None,
             "model": model.config(), **extra}
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: the archive's records are named
+        torch.save(ckpt, f)                               # "archive/", not after the temporary file
 
 
 def read_checkpoint(path, map_location="cpu"):

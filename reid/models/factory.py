@@ -10,25 +10,42 @@ import torch
 from reid.runtime import ReidError, first_message_line, load_torch_file
 
 
-def check_feature_model(model, input_size, device, what):
-    """One probe pass: `model` must map a (B, 3, H, W) batch in [0, 1] to features (B, D).
-    `what` names the model in the one-line error."""
+def check_materialised(model, what):
+    """A model with parameters or buffers on the meta device (shapes, no values) cannot run."""
+    meta = next((n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta), None)
+    if meta is not None:
+        raise ReidError(f"{what}: the model's {meta} is on the meta device (no values): load its weights first")
+
+
+def check_feature_model(model, input_size, device, what, needs_grad=True):
+    """One probe pass, before any work: `model` must map a (B, 3, H, W) batch in [0, 1] to
+    finite floating-point features (B, D) and, where an attack will follow (`needs_grad`),
+    features that depend on the input through autograd. `what` names the model in the
+    one-line error."""
     height, width = input_size
-    probe = torch.full((2, 3, height, width), 0.5, device=device)
+    batch = f"a (2, 3, {height}, {width}) batch"
+    check_materialised(model, what)
+    probe = torch.full((2, 3, height, width), 0.5, device=device, requires_grad=needs_grad)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.set_grad_enabled(needs_grad):
             out = model(probe)
     except Exception as err:  # the user's model: any error is about it
-        raise ReidError(f"{what}: the model fails on a (2, 3, {height}, {width}) batch "
-                        f"({first_message_line(err)})") from None
+        raise ReidError(f"{what}: the model fails on {batch} ({first_message_line(err)})") from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2 or out.shape[1] < 1:
         found = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
-        raise ReidError(f"{what}: the model maps a (2, 3, {height}, {width}) batch to {found}, "
-                        "expected features of shape (B, D)")
+        raise ReidError(f"{what}: the model maps {batch} to {found}, expected features of shape (B, D)")
+    if not out.is_floating_point():
+        raise ReidError(f"{what}: the model maps {batch} to {out.dtype} features, expected floating point")
+    if not torch.isfinite(out).all():
+        raise ReidError(f"{what}: the model maps {batch} to non-finite features (NaN or inf)")
+    if needs_grad and not out.requires_grad:
+        raise ReidError(f"{what}: the model's features carry no gradient with respect to the images (detached, "
+                        "or computed under no_grad), so no gradient attack can run; evaluate it clean (no -a), "
+                        "or return features that autograd can follow")
 
 
 def _state_dict_of(obj):

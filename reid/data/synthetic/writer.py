@@ -144,7 +144,7 @@ def _market_name(pid, cam_index, name_parts):
 
 
 def _check_args(ids, test_ids, cams, height, width, train_per_cam, gallery_per_cam, distractors, junk, quality,
-                layout, style):
+                layout, style, seed):
     if layout not in LAYOUTS:
         raise ReidError(f"--layout {layout}: expected one of {', '.join(LAYOUTS)}")
     if style not in STYLES:
@@ -168,6 +168,8 @@ def _check_args(ids, test_ids, cams, height, width, train_per_cam, gallery_per_c
         raise ReidError(f"--distractors {distractors} --junk {junk}: counts cannot be negative")
     if not 1 <= quality <= 100:
         raise ReidError(f"--quality {quality}: expected 1..100")
+    if seed < 0:
+        raise ReidError(f"--seed {seed}: expected an integer >= 0")
 
 
 def _prepare_folders(out_dir, writer, overwrite):
@@ -207,7 +209,7 @@ def generate(out_dir, ids=100, cams=6, seed=0, height=128, width=64, test_ids=No
     """
     test_ids = ids if test_ids is None else test_ids
     _check_args(ids, test_ids, cams, height, width, train_per_cam, gallery_per_cam, distractors, junk, quality,
-                layout, style)
+                layout, style, seed)
     look = STYLES[style]
     if layout == "openreid":
         junk = 0
