@@ -34,7 +34,7 @@ def test_gen_adv_clean_results_and_features(trained_checkpoint, synthetic_datase
     # stderr is a pipe, not a terminal: a few plain progress lines, no redrawn tqdm bars
     assert "\r" not in proc.stderr and len(proc.stderr.splitlines()) <= 8, proc.stderr
     results = json.load(open(out / "results.json"))
-    assert set(results) == {"config", "clean", "attacks"}
+    assert set(results) == {"config", "complete", "clean", "attacks"} and results["complete"] is True
     assert set(results["clean"]) == METRIC_KEYS
     assert results["config"]["input_size"] == [64, 32]  # read from the checkpoint
     assert len(results["config"]["checkpoint_sha256"]) == 64
@@ -174,3 +174,19 @@ def test_the_same_run_writes_the_same_checkpoint_bytes(synthetic_dataset, tmp_pa
         return [hashlib.sha256(open(tmp_path / name, "rb").read()).hexdigest() for name in ("m.th", "m-last.th")]
 
     assert digests() == digests()
+
+
+def test_a_non_finite_loss_stops_at_once(synthetic_dataset, tmp_path):
+    proc = train(synthetic_dataset, tmp_path, "--lr", "1e308", epochs=2, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: epoch 0, step ")
+    assert "the training loss is nan (not finite)" in proc.stderr or "the training loss is inf" in proc.stderr
+    assert not (tmp_path / "m.th").exists() and not (tmp_path / "m-last.th").exists()
+
+
+def test_training_that_cannot_learn_is_refused(tmp_path):
+    from tests.conftest import make_market
+    root = make_market(tmp_path / "one", train=[(1, 1), (1, 2), (1, 1)], query=[(2, 1)], gallery=[(2, 2), (3, 1)])
+    proc = train(root, tmp_path / "c", "-b", "2", check=False)
+    assert proc.returncode == 2 and "1 training identity; re-ID training needs at least 2" in proc.stderr
+    proc = run("train.py", root, "--triplet", "--id_batch", "-b", "4", "-ni", "4", check=False)
+    assert proc.returncode == 2 and "-b 4 -ni 4: one identity per batch" in proc.stderr

@@ -44,7 +44,7 @@ def test_every_attack_lowers_map(all_attacks):
 
 def test_results_schema(all_attacks):
     out, results, stdout = all_attacks
-    assert set(results) == {"config", "clean", "attacks", "worst"}  # worst: more than one attack ran
+    assert set(results) == {"config", "complete", "clean", "attacks", "worst"}  # worst: more than one attack ran
     assert set(results["clean"]) == METRIC_KEYS
     config = results["config"]
     assert config["seed"] == 0 and len(config["checkpoint_sha256"]) == 64 and "torch" in config["versions"]

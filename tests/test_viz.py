@@ -1,4 +1,4 @@
-"""Figures of reid.viz: files, geometry from the documented layout, colours, pixel values."""
+"""Figures of reid.evaluation.figures: files, geometry from the documented layout, colours, pixel values."""
 
 import numpy as np
 import pytest

@@ -123,8 +123,14 @@ def split_positionals(args):
     if args.weights is not None:
         raise ReidError("--weights: only used with --model-factory (a checkpoint holds its weights)")
     if len(given) != 3:
+        known = {n.lower() for n in (*ATTACK_NAMES, *UNIVERSAL_ATTACKS, "all", "clean")}
+        taken = [a for a in args.attack for n in str(a).split(",") if n.strip().lower() not in known]
+        hint = ""
+        if taken and len(given) < 3:  # nargs="+" options take every word that follows them
+            hint = (f"; -a took {' '.join(taken)} as attack names: give the positionals first, or end -a's "
+                    "list with -- before them")
         raise ReidError(f"expected CHECKPOINTS_FOLDER DATASET_FOLDER FILENAME ({len(given)} positional "
-                        "argument(s) given), or DATASET_FOLDER with --model-factory MODULE:FUNCTION")
+                        f"argument(s) given), or DATASET_FOLDER with --model-factory MODULE:FUNCTION{hint}")
     args.checkpoints_folder, args.dataset_folder, args.filename = given
 
 

@@ -100,6 +100,9 @@ def parse_args(argv=None):
     args.adv_step = parse_step("--adv-step", args.adv_step)
     if args.id_batch and args.batch_size % args.num_instances:
         raise ReidError(f"-b {args.batch_size}: with --id_batch, expected a multiple of -ni {args.num_instances}")
+    if args.kind == "triplet" and args.id_batch and args.batch_size == args.num_instances:
+        raise ReidError(f"-b {args.batch_size} -ni {args.num_instances}: one identity per batch, so the triplet "
+                        "loss has no negative and is 0 at every step; use -b of at least 2 x -ni")
     if not os.path.basename(args.filename):
         raise ReidError(f"-f {args.filename!r}: expected a file name")
     if args.arch is not None:
@@ -189,6 +192,9 @@ def main(argv=None):
 
     data = load_dataset(args.dataset_folder, args.dataset)
     print(data.summary())
+    if data.num_train_pids < 2:
+        raise ReidError(f"{args.dataset_folder}: {data.num_train_pids} training identity; re-ID training needs at "
+                        "least 2 (nothing would be learned)")
     if not args.id_batch and args.batch_size > len(data.train):
         raise ReidError(f"-b {args.batch_size}: more than the {len(data.train)} training images "
                         "(batches are full-size, so not one step would be taken)")
@@ -318,7 +324,8 @@ def main(argv=None):
         if new_best:
             save_checkpoint(best_path, model, current_map, epoch, optimizer, best_map=best_map, **extra)
         save_checkpoint(last_path, model, current_map, epoch, optimizer, best_map=best_map, **rng, **extra)
-    print(f"best mAP {best_map:.4f} -> {best_path}; last -> {last_path}; log -> {log_path}")
+    best = f"best mAP {best_map:.4f} -> {best_path}" if os.path.isfile(best_path) else "no best checkpoint yet"
+    print(f"{best}; last -> {last_path}; log -> {log_path}")
 
 
 def run():

@@ -157,7 +157,9 @@ def check_options(opts):
 
 
 def default_out(stem, dataset):
-    return os.path.join("attacks", f"{stem}-{dataset}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    """attacks/<stem>-<dataset>-<date>-<time to the microsecond>: two runs started in the same
+    second get two folders."""
+    return os.path.join("attacks", f"{stem}-{dataset}-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}")
 
 
 def check_uap_flags(opts):

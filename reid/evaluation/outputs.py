@@ -1,8 +1,10 @@
 """What an evaluation writes besides pictures: results.json, features.npz / .mat and the adversarial
 images as a dataset (`--save-images`)."""
 
+import glob
 import json
 import os
+import shutil
 import platform
 
 import numpy as np
@@ -20,6 +22,38 @@ DATASET_FOLDERS = {"query": "query", "gallery": "bounding_box_test", "train": "b
 def versions():
     return {"reid": reid.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "numpy": np.__version__, "python": platform.python_version()}
+
+
+# What an evaluation writes in its --out folder (besides the `perturbation_<NAME>.png` pictures).
+OUTPUT_FILES = ("results.json", "robustness.csv", "robustness.png", "features.npz", "features.mat")
+OUTPUT_PATTERNS = ("uap*.pt", "uap*.png", "perturbation_*.png")
+OUTPUT_FOLDERS = ("rankings", "images")
+
+
+@distributed.main_only
+def clear_outputs(out, keep=()):
+    """A run replaces a folder's outputs as a set: before it writes, what an earlier run wrote
+    in `out` (the names above only, and their temporary files left by a kill) is removed, so
+    no old robustness.csv, features.mat or uap.pt sits beside the new results.json. `keep`:
+    this run's inputs (a --uap file, the dataset), never removed, nor a folder holding one.
+    Returns the names removed."""
+    if not os.path.isdir(out):
+        return []
+    kept = [os.path.realpath(k) for k in keep if k]
+    found = [os.path.join(out, n) for n in OUTPUT_FILES + OUTPUT_FOLDERS]
+    found += [p for pattern in OUTPUT_PATTERNS for p in glob.glob(os.path.join(out, pattern))]
+    found += glob.glob(os.path.join(out, ".*.tmp"))  # atomic_path's temporary files of a killed run
+    removed = []
+    for path in sorted(set(found)):
+        real = os.path.realpath(path)
+        if not os.path.lexists(path) or any(k == real or k.startswith(real + os.sep) for k in kept):
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+        removed.append(os.path.basename(path))
+    return removed
 
 
 @distributed.main_only

@@ -23,7 +23,7 @@ from reid.evaluation.attack_loop import attack_split, chain
 from reid.evaluation.features import extract_features
 from reid.evaluation.options import (OPTION_NAMES, check_options, default_out, eps_label, eps_text, eps_values,
                                      python_options)
-from reid.evaluation.outputs import ImageSaver, versions, write_features, write_json
+from reid.evaluation.outputs import ImageSaver, clear_outputs, versions, write_features, write_json
 from reid.evaluation.pictures import Pictures
 from reid.evaluation.report import budget_rows, worst_entry, write_report
 from reid.evaluation.splits import Split, split_metrics
@@ -111,6 +111,9 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
     height, width = input_size
     metric = "cosine" if opts.cosine else "euclidean"
     targets = load_targets(opts.transfer_to, (height, width), device)  # a bad checkpoint stops the run now
+    removed = clear_outputs(out, keep=(opts.uap, dataset_folder, *opts.transfer_to))
+    if removed:
+        print(f"note: {out} held an earlier run's outputs, removed: {', '.join(removed)}")
 
     deltas = {}
     if "UAP" in opts.attack:  # loaded (and checked) or learned before the evaluation
@@ -139,7 +142,7 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
               "versions": versions()}
     if targets:
         config["transfer_targets"] = {t.label: t.info for t in targets}
-    results = {"config": config, "clean": clean, "attacks": {}}
+    results = {"config": config, "complete": False, "clean": clean, "attacks": {}}  # True once all is written
     if targets:
         results["transfer"] = {t.label: t.results(sweep) for t in targets}
     arrays = {"query_features": query.feats.cpu().numpy(), "query_pids": query.pids, "query_camids": query.camids,
@@ -181,9 +184,10 @@ def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha
             for t in targets:  # the same rule on each target, over the same candidates
                 t.worst.append(worst_entry(t.candidates(opts.attack, eps), eps, target))
                 results["transfer"][t.label] = t.results(sweep)
-    write_json(os.path.join(out, "results.json"), results)
     if opts.save_features:
         write_features(out, arrays)
+    results["complete"] = True
+    write_json(os.path.join(out, "results.json"), results)
     print(data.summary())
     print_tables(results, opts, budgets if opts.attack else budgets[:1], target, targets)
     print(f"results -> {os.path.join(out, 'results.json')}")

@@ -1,6 +1,8 @@
 """The one training loop: an epoch of any objective, with a defence's `prepare_batch`."""
 
-from reid.runtime import distributed, progress
+import math
+
+from reid.runtime import ReidError, distributed, progress
 
 
 def train_epoch(model, loader, optimizer, objective, device, epoch, prepare_batch=None):
@@ -25,7 +27,11 @@ def train_epoch(model, loader, optimizer, objective, device, epoch, prepare_batc
         loss.backward()
         optimizer.step()
         n += 1
-        total_loss += loss.item()
+        value = loss.item()
+        if not math.isfinite(value):
+            raise ReidError(f"epoch {epoch}, step {n}: the training loss is {value} (not finite); nothing was saved "
+                            "from this epoch (lower --lr, or check the data)")
+        total_loss += value
         total_acc += acc.item() if acc is not None else 0.0
         bar.set_postfix(loss=f"{total_loss / n:.3f}")
     stats = {"loss": total_loss / max(n, 1)}
