@@ -5,8 +5,10 @@ Most checks run in-process on the CLIs' argument parsing or on the shared helper
 model or dataset is loaded, so the whole file runs in seconds.
 """
 
+import json
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -391,3 +393,64 @@ def test_pretrained_path_problems_are_found_before_any_work(tmp_path):
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(ReidError, match=r"list.pth is not a torchvision ResNet50 state dict"):
         build_model("classif", 3, pretrained_path=str(tmp_path / "list.pth"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--soft"], "--soft_margin: a triplet option"),
+    (["-e", "128"], "-e: a triplet option"),
+])
+def test_train_flags_that_do_nothing_for_classification_are_refused(args, message):
+    with pytest.raises(ReidError, match=rf"^{message}"):
+        train_args("--classif", *args)
+    assert train_args("--triplet", *args).kind == "triplet"
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """torch's zip writer and numpy / scipy raise their own errors on a full disk."""
+    import errno
+
+    import torch
+    from reid.models import build_model, save_checkpoint
+    from reid.runtime import atomic_path
+    model = build_model("triplet", None, 8, input_size=(64, 32))
+    path = tmp_path / "m.th"
+    save_checkpoint(str(path), model, 0.5, 0)
+    before = path.read_bytes()
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0\n"
+                           "PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(ReidError, match=r"m.th: cannot write it \(the disk may be full: .*\); the previous file is "
+                                        r"kept$"):
+        save_checkpoint(str(path), model, 0.6, 1)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.th"]
+    with pytest.raises(ReidError, match=r"features.mat: cannot write it \(No space left on device\); nothing was"):
+        with atomic_path(tmp_path / "features.mat"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(ValueError):  # other errors are not disguised
+        with atomic_path(tmp_path / "x"):
+            raise ValueError("a bug")
+
+
+def test_an_empty_image_stops_at_loading(tiny_market):
+    from reid.data import load_dataset
+    gallery = os.path.join(tiny_market, "bounding_box_test")
+    victim = os.path.join(gallery, next(f for f in sorted(os.listdir(gallery)) if f.startswith("0005")))
+    open(victim, "w").close()
+    with pytest.raises(ReidError, match=rf"^{re.escape(victim)}: the image file is empty$"):
+        load_dataset(tiny_market)
+
+
+def test_a_garbage_training_log(synthetic_dataset, tmp_path):
+    """A fresh run replaces it; a resume stops on it before training."""
+    from tests.conftest import train_cli
+    log = tmp_path / "m.log.jsonl"
+    log.write_text("not json\n{}\n")
+    train_cli(synthetic_dataset, tmp_path, epochs=1)
+    assert [json.loads(line)["epoch"] for line in open(log)] == [0]
+    log.write_text("garbage\n" + log.read_text())
+    proc = train_cli(synthetic_dataset, tmp_path, "--resume", epochs=2, check=False)
+    assert proc.returncode == 2 and "m.log.jsonl: line 1 is not an epoch record" in proc.stderr
+    assert "epoch 1" not in proc.stdout

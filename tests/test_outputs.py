@@ -71,3 +71,37 @@ def test_options_before_the_positionals_are_named(trained_checkpoint, synthetic_
     with pytest.raises(ReidError, match=r"\(0 positional argument\(s\) given\).*; -a took CK D m.th as attack "
                                         r"names: give the positionals first, or end -a's list with -- before them$"):
         gen_adv.main(["-a", "SMA", "CK", "D", "m.th"])
+
+
+def dead_pid():
+    import subprocess
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_two_runs_on_one_checkpoint_name_or_out_folder(trained_checkpoint, synthetic_dataset, tmp_path):
+    """The second run stops at once; a lock left by a killed run is taken over and removed at the end."""
+    import os
+    import socket
+
+    import gen_adv
+    from tests.conftest import train_cli
+    host = socket.gethostname()
+    (tmp_path / ".m.lock").write_text(f"{os.getppid()} {host}\n")  # a live process: another run
+    proc = train_cli(synthetic_dataset, tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: -f m.th in {tmp_path}: another run (process {os.getppid()} on {host}) is writing it; wait for "
+        f"it to end, or remove {tmp_path / '.m.lock'} if that run is gone"]
+    assert not (tmp_path / "m.th").exists()
+    (tmp_path / ".m.lock").write_text(f"{dead_pid()} {host}\n")  # killed: taken over
+    train_cli(synthetic_dataset, tmp_path)
+    assert (tmp_path / "m.th").exists() and not (tmp_path / ".m.lock").exists()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".reid-run.lock").write_text(f"{os.getppid()} {host}\n")
+    with pytest.raises(ReidError, match=rf"^--out {out}: another run \(process {os.getppid()} on "):
+        gen_adv.main([str(trained_checkpoint), synthetic_dataset, "m.th", *COMMON, "--out", str(out)])
+    (out / ".reid-run.lock").write_text("")  # torn by a kill
+    gen_adv.main([str(trained_checkpoint), synthetic_dataset, "m.th", *COMMON, "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]

@@ -25,8 +25,8 @@ from reid.evaluation import evaluate, format_metrics
 from reid.models import (ARCH_NAMES, DEFAULT_ARCH, build_model, check_arch, check_input_size, load_model,
                          pretrained_weights_path, rng_state, save_checkpoint, set_rng_state)
 from reid.runtime import (MAX_SEED, ReidError, amp, check_input_dir, check_number, check_writable_dir, cli_main,
-                          distributed, seed_everything)
-from reid.training import Objective, append_jsonl, keep_log_epochs, lr_schedule, train_epoch
+                          distributed, run_lock, seed_everything)
+from reid.training import Objective, append_jsonl, check_log, keep_log_epochs, lr_schedule, train_epoch
 
 
 def parse_args(argv=None):
@@ -50,7 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--pretrained-path", help="ImageNet weights file of the backbone (implies --pretrained)")
     p.add_argument("--id_batch", action="store_true", help="P x K identity batches (K = -ni)")
     p.add_argument("-ni", "--num_instances", type=int, default=4, help="K, images per identity in a batch")
-    p.add_argument("-e", "--embedding_size", type=int, default=2048, help="triplet embedding size")
+    p.add_argument("-e", "--embedding_size", type=int, help="triplet embedding size (default 2048)")
     p.add_argument("--resume", action="store_true", help="continue from <checkpoint-dir>/<name>-last.th")
     p.add_argument("--gpu", type=int, help="alias of --device cuda:N")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
@@ -89,6 +89,12 @@ def parse_args(argv=None):
     uap.add_argument("--meta-lr", type=float, help="the inner SGD step's learning rate (default: --lr)")
     args = p.parse_args(argv)
     args.kind = args.kind or "classif"
+    if args.kind == "classif":  # what does nothing for the chosen model is refused, not ignored
+        for flag, given in (("--soft_margin", args.soft_margin), ("-e", args.embedding_size is not None)):
+            if given:
+                raise ReidError(f"{flag}: a triplet option (the classification network's features are its "
+                                "backbone's); drop it or use --triplet")
+    args.embedding_size = 2048 if args.embedding_size is None else args.embedding_size
     for flag, value, low in (("-n", args.n_epoch, 1), ("-b", args.batch_size, 1), ("--eval-every", args.eval_every, 1),
                              ("--height", args.height, 16), ("--width", args.width, 16), ("-e", args.embedding_size, 1),
                              ("-ni", args.num_instances, 1), ("--workers", args.workers, 0)):
@@ -182,6 +188,14 @@ def main(argv=None):
     for path in (best_path, last_path, log_path):
         if os.path.isdir(path):
             raise ReidError(f"-f {args.filename}: {path} is a folder")
+    stem = os.path.splitext(os.path.basename(best_path))[0]
+    lock = os.path.join(os.path.dirname(best_path), f".{stem}.lock")  # one run at a time writes these files
+    with run_lock(lock, f"-f {args.filename} in {os.path.dirname(best_path) or '.'}", enabled=distributed.is_main()):
+        train_run(args, device, best_path, last_path, log_path)
+
+
+def train_run(args, device, best_path, last_path, log_path):
+    """The run of `main`, holding the lock of its checkpoint name."""
     if (args.pretrained or args.pretrained_path) and not args.resume:  # missing weights: say so before any work
         pretrained_weights_path(args.arch or DEFAULT_ARCH, args.pretrained_path)
     defence = None
@@ -228,6 +242,8 @@ def main(argv=None):
             raise ReidError(f"{last_path} was trained on {model.num_classes} identities, "
                             f"{args.dataset_folder} has {data.num_train_pids}")
         check_resumed_run(args, ckpt, last_path, data)
+        if distributed.is_main():
+            check_log(log_path)  # a bad line stops the run now, not after an epoch
         saved = ckpt.get("goat", goat_state)
         if saved is not None and "weighting" not in saved:  # written before weightings existed: mean
             saved = {**saved, "weighting": "mean"}

@@ -134,4 +134,8 @@ def resolve_dataset_root(path, name="market"):
 def load_dataset(path, name="market"):
     """Parse the dataset at `path` (see `resolve_dataset_root`) into a ReidDataset."""
     root = resolve_dataset_root(path, name)
-    return LAYOUTS[name].load(root)
+    data = LAYOUTS[name].load(root)
+    for sample in (*data.train, *data.query, *data.gallery):  # now, not at the first evaluation after an epoch
+        if os.path.getsize(sample.path) == 0:
+            raise ReidError(f"{sample.path}: the image file is empty")
+    return data

@@ -33,7 +33,7 @@ from reid.evaluation.universal import obtain_uap
 from reid.metrics import pairwise_distance, summarize_runs
 from reid.models import check_feature_model, check_materialised
 from reid.runtime import (ReidError, amp, check_input_dir, check_number, check_writable_dir, distributed,
-                          resolve_device, seed_everything)
+                          resolve_device, run_lock, seed_everything)
 
 
 def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device, picked, transform, arrays,
@@ -89,6 +89,13 @@ def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device
 
 
 def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha256=None, config=None):
+    """`_run_evaluation` (below) holding the lock of `opts.out`: one run at a time writes a folder."""
+    with run_lock(os.path.join(opts.out, ".reid-run.lock"), f"--out {opts.out}", enabled=distributed.is_main()):
+        return _run_evaluation(model, dataset_folder, opts, input_size, device, model_sha256=model_sha256,
+                               config=config)
+
+
+def _run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha256=None, config=None):
     """The evaluation of `model` (on `device`, in eval mode) on a dataset, with checked
     `opts` (an `Options`, `opts.out` set). `config`: extra entries of results.json's
     config (e.g. the checkpoint's). Runs every attack at every budget of `opts.eps`; with

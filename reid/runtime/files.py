@@ -1,8 +1,10 @@
 """Files: atomic writes, safe torch.load, links or copies, content hashes."""
 
+import errno
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -10,6 +12,8 @@ from contextlib import contextmanager
 import torch
 
 from reid.runtime.errors import ReidError, first_message_line
+
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)  # a write, not a bug
 
 
 def _umask():
@@ -22,7 +26,10 @@ def _umask():
 def atomic_path(path):
     """Yield a temporary path next to `path`; rename it over `path` only on success.
 
-    A crash or Ctrl-C leaves the previous file intact instead of a truncated one.
+    A crash or Ctrl-C leaves the previous file intact instead of a truncated one. A write
+    that fails for want of room or permission (a full disk: `OSError` ENOSPC, or torch's
+    `RuntimeError` from its zip writer) is a one-line ReidError naming `path`, the previous
+    file kept.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -33,9 +40,71 @@ def atomic_path(path):
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; give it normal permissions
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno not in WRITE_ERRORS:
+            raise
+        raise ReidError(f"{path}: cannot write it ({os.strerror(err.errno)}); "
+                        f"{'the previous file is kept' if os.path.exists(path) else 'nothing was written'}") from None
+    except RuntimeError as err:  # torch.save's zip writer on a full disk
+        if "PytorchStreamWriter" not in str(err) and "inline_container" not in str(err):
+            raise
+        raise ReidError(f"{path}: cannot write it (the disk may be full: {first_message_line(err)}); "
+                        f"{'the previous file is kept' if os.path.exists(path) else 'nothing was written'}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _lock_owner(path):
+    """(pid, host) written in a lock file, or None for an unreadable one (torn by a kill)."""
+    try:
+        pid, host = open(path).read().split()
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextmanager
+def run_lock(path, what, enabled=True):
+    """Hold the lock file `path` while a run writes the outputs it guards: a second run on the
+    same outputs stops at once, in one line naming `what` (the flag and its value). A lock whose
+    process is gone (a killed run, on this host) is taken over. `enabled` False (a torchrun rank
+    other than 0): nothing is held."""
+    if not enabled:
+        yield
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    me = (os.getpid(), socket.gethostname())
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            owner = _lock_owner(path)
+            if owner is not None and owner != me and (owner[1] != me[1] or _alive(owner[0])):
+                raise ReidError(f"{what}: another run (process {owner[0]} on {owner[1]}) is writing it; wait for it "
+                                f"to end, or remove {path} if that run is gone") from None
+            try:
+                os.remove(path)  # left by a run that was killed
+            except FileNotFoundError:
+                pass
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{me[0]} {me[1]}\n")
+    try:
+        yield
+    finally:
+        if _lock_owner(path) == me:
+            os.remove(path)
 
 
 def load_torch_file(path, what, map_location="cpu"):

@@ -26,6 +26,17 @@ def _logged_epoch(line):
     return epoch if isinstance(epoch, int) else None
 
 
+def check_log(path):
+    """Every line of a training log but a torn last one is an epoch record; one line naming the file otherwise."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f.read().split("\n") if line.strip()]
+    for i, line in enumerate(lines[:-1]):
+        if _logged_epoch(line) is None:
+            raise ReidError(f"{path}: line {i + 1} is not an epoch record (expected one JSON line per epoch)")
+
+
 def keep_log_epochs(path, epochs):
     """Keep the records of the first `epochs` epochs of a training log, drop the rest (atomically).
 
@@ -36,12 +47,14 @@ def keep_log_epochs(path, epochs):
     """
     if not os.path.exists(path):
         return
+    if epochs == 0:  # a fresh run: whatever the old log holds, it is replaced
+        with atomic_path(path) as tmp:
+            open(tmp, "w").close()
+        return
+    check_log(path)
     with open(path) as f:
         lines = [line for line in f.read().split("\n") if line.strip()]
     logged = [_logged_epoch(line) for line in lines]
-    for i, epoch in enumerate(logged[:-1]):
-        if epoch is None:
-            raise ReidError(f"{path}: line {i + 1} is not an epoch record (expected one JSON line per epoch)")
     kept = [line for line, epoch in zip(lines, logged) if epoch is not None and epoch < epochs]
     if len(kept) == len(lines):
         return
