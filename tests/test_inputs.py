@@ -316,6 +316,8 @@ def test_train_numeric_flags(args, message):
     (["-a", "FNA", "--eps", "1", "nan"], "--eps nan: expected a finite number"),
     (["-a", "FNA", "--norm", "l2", "--eps", "-0.5"], "--eps -0.5: an L2 radius must be in (0, inf]"),
     (["-a", "SMA", "noise", "--norm", "l2"], "--norm l2: noise is a universal L-inf perturbation"),
+    (["-a", "FNA", "--uap-epochs", "3"], "--uap-epochs: only used with -a UAP (it would change nothing)"),
+    (["-a", "SMA", "noise", "--uap-loss", "guided"], "--uap-loss: only used with -a UAP"),
     (["-a", "FNA", "--eps", "0.5", "2", "--save-images"],
      "--save-images: eps 0.5/255 is below one 8-bit level (1/255), so a PNG would hold the clean image"),
     (["-a", "FNA", "--norm", "l2", "--eps", "0.002", "--save-images"],

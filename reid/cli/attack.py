@@ -86,9 +86,9 @@ def parse_args(argv=None):
                    help="ranking pictures for K queries and a perturbation grid per attack")
     uap = p.add_argument_group("universal perturbations (-a UAP / noise; see reid/attacks/universal.py)")
     uap.add_argument("--uap", metavar="FILE", help="evaluate this uap.pt instead of learning one")
-    uap.add_argument("--uap-loss", default=DEFAULTS.uap_loss, choices=UAP_LOSSES,
+    uap.add_argument("--uap-loss", choices=UAP_LOSSES,
                      help="objective when learning (default centroid, MetaAttack's)")
-    uap.add_argument("--uap-epochs", type=int, default=DEFAULTS.uap_epochs, help="epochs over the source training split (default 5)")
+    uap.add_argument("--uap-epochs", type=int, help="epochs over the source training split (default 5)")
     uap.add_argument("--uap-step", type=float, help="first MI-SGD step in /255 (default eps / 10)")
     uap.add_argument("--uap-source", metavar="DIR", help="learn on this dataset's training split (default: the evaluated one)")
     uap.add_argument("--uap-source-kind", choices=DATASET_NAMES, help="its layout (default: --dataset)")

@@ -39,8 +39,8 @@ class Options:
     save_images: bool = False
     visualize: int = 0
     uap: Optional[str] = None
-    uap_loss: str = "centroid"
-    uap_epochs: int = 5
+    uap_loss: Optional[str] = None  # None: "centroid" (with -a UAP; refused without it, as every --uap-* flag)
+    uap_epochs: Optional[int] = None  # None: 5
     uap_step: Optional[float] = None
     uap_source: Optional[str] = None
     uap_source_kind: Optional[str] = None
@@ -166,9 +166,15 @@ def check_uap_flags(opts):
     """Universal-perturbation options make sense only with -a UAP; their values are checked now."""
     given = [flag for flag, value in (("--uap", opts.uap), ("--uap-source", opts.uap_source),
                                       ("--meta-dataset", opts.meta_dataset)) if value]
+    learning = [flag for flag, value in (("--uap-loss", opts.uap_loss), ("--uap-epochs", opts.uap_epochs),
+                                         ("--uap-step", opts.uap_step), ("--uap-source-kind", opts.uap_source_kind),
+                                         ("--meta-dataset-kind", opts.meta_dataset_kind)) if value is not None]
     if "UAP" not in opts.attack:
-        if given:
-            raise ReidError(f"{given[0]}: only used with -a UAP")
+        if given or learning:
+            raise ReidError(f"{(given + learning)[0]}: only used with -a UAP (it would change nothing)")
+    opts.uap_loss = "centroid" if opts.uap_loss is None else opts.uap_loss
+    opts.uap_epochs = 5 if opts.uap_epochs is None else opts.uap_epochs
+    if "UAP" not in opts.attack:
         return
     if opts.uap and len(given) > 1:
         raise ReidError(f"--uap and {given[1]}: a saved perturbation is evaluated as it is, not learned again")
