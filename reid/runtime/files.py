@@ -83,7 +83,12 @@ def run_lock(path, what, enabled=True):
     if not enabled:
         yield
         return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    created, folder = [], os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder):  # made for the lock, removed again with it if the run wrote nothing there
+        created.append(folder)
+        folder = os.path.dirname(folder)
+    for folder in reversed(created):
+        os.mkdir(folder)
     me = (os.getpid(), socket.gethostname())
     while True:
         try:
@@ -105,6 +110,11 @@ def run_lock(path, what, enabled=True):
     finally:
         if _lock_owner(path) == me:
             os.remove(path)
+        for folder in created:  # innermost first; a folder the run wrote in stays
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
 
 
 def load_torch_file(path, what, map_location="cpu"):
