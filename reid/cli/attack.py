@@ -101,6 +101,7 @@ def parse_args(argv=None):
         check_number(flag, value, low)  # None (not given) passes
     checked = check_options(Options.from_namespace(args))
     args.attack, args.eps, args.step, args.norm = checked.attack, checked.eps, checked.step, checked.norm
+    args.uap_loss, args.uap_epochs = checked.uap_loss, checked.uap_epochs  # their defaults, now filled in
     if args.checkpoints_folder is not None:
         check_input_dir(args.checkpoints_folder, "checkpoints_folder")
     check_input_dir(args.dataset_folder, "dataset folder")
