@@ -1,7 +1,7 @@
 """Bad user input stops at once with one line `error: ...` (exit code 2), never a traceback.
 
 Most checks run in-process on the CLIs' argument parsing or on the shared helpers of
-`reid.utils`; a few go through the scripts as a user would, each failing before any
+`reid.runtime`; a few go through the scripts as a user would, each failing before any
 model or dataset is loaded, so the whole file runs in seconds.
 """
 

@@ -4,8 +4,8 @@ images as a dataset (`--save-images`)."""
 import glob
 import json
 import os
-import shutil
 import platform
+import shutil
 
 import numpy as np
 import scipy.io

@@ -27,14 +27,16 @@ def _logged_epoch(line):
 
 
 def check_log(path):
-    """Every line of a training log but a torn last one is an epoch record; one line naming the file otherwise."""
+    """The lines of a training log ([] if there is none), every one but a torn last one an epoch
+    record; one line naming the file otherwise."""
     if not os.path.exists(path):
-        return
+        return []
     with open(path) as f:
         lines = [line for line in f.read().split("\n") if line.strip()]
     for i, line in enumerate(lines[:-1]):
         if _logged_epoch(line) is None:
             raise ReidError(f"{path}: line {i + 1} is not an epoch record (expected one JSON line per epoch)")
+    return lines
 
 
 def keep_log_epochs(path, epochs):
@@ -51,9 +53,7 @@ def keep_log_epochs(path, epochs):
         with atomic_path(path) as tmp:
             open(tmp, "w").close()
         return
-    check_log(path)
-    with open(path) as f:
-        lines = [line for line in f.read().split("\n") if line.strip()]
+    lines = check_log(path)
     logged = [_logged_epoch(line) for line in lines]
     kept = [line for line, epoch in zip(lines, logged) if epoch is not None and epoch < epochs]
     if len(kept) == len(lines):
