@@ -16,16 +16,18 @@ advertorch attack classes from here.
 """
 
 from ._compat import GradientAttack, GradientSignAttack, L2PGDAttack, LinfPGDAttack, MomentumIterativeAttack
-from .core import attack_batch, attack_mode, perturb, plan_attack, project
+from .core import EotModel, attack_batch, attack_mode, perturb, plan_attack, project
 from .guides import WEIGHTINGS, AttackPlan, select_guides
-from .loss import GuidedLoss, guided_loss, pack_bank_guides, pack_guides
-from .optimisers import OPTIMISERS
+from .loss import GuidedLoss, RankingLoss, guided_loss, pack_bank_guides, pack_guides
+from .optimisers import OPTIMISERS, apgd_checkpoints
+from .ranking import RankingPlan
 from .registry import (
     ATTACK_NAMES,
     ATTACKS,
     DEFAULT_EPS,
     DEFAULT_STEP,
     NORMS,
+    SUITES,
     UNIVERSAL_ATTACKS,
     AttackSpec,
     auto_step,
@@ -63,5 +65,5 @@ __all__ = [
     "guided_loss", "pack_bank_guides", "pack_guides", "perturb", "plan_attack",
     "resolve_attack_names", "select_guides", "WEIGHTINGS", "UNIVERSAL_ATTACKS", "UAP_LOSSES", "AdditivePlan",
     "UapConfig", "UniversalGuides", "apply_delta", "learn_uap", "load_uap", "mi_sgd_step", "save_uap",
-    "uap_objective", "universal_plan",
+    "uap_objective", "universal_plan", "EotModel", "RankingLoss", "RankingPlan", "SUITES", "apgd_checkpoints",
 ]

@@ -10,23 +10,30 @@ themselves are advertorch's loop with an O(B * D) loss, no Python loop over samp
 During the attack the model is put in eval mode and its parameters stop requiring gradients
 (so the backward pass computes input gradients only and leaves no ``.grad`` on the weights,
 which matters when attacking inside a training loop); both are restored afterwards.
+
+Two options of every optimiser live here, around the one call: ``restarts`` R (each image
+keeps the best of R runs by its loss, the runs after the first from random starts of their
+own) and ``eot`` K (expectation over transformation, for models that are random at
+inference: the loss, and so its gradient, is the mean over K forward passes; the random
+state of the model is seeded per batch from the run's seed and the batch's first row).
 """
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
 from .guides import select_guides
 from .loss import GuidedLoss
 from .optimisers import OPTIMISERS, l2_directions, linf_box, project_l2
+from .ranking import ranking_plan
 from .registry import ATTACKS, check_budget, check_single
 
 from reid.runtime import image_generator
 
 
 def plan_attack(name, feats, pids, guide_feats=None, guide_pids=None, *, single=False,
-                cosine=False, generator=None, weighting="reference"):
+                cosine=False, generator=None, weighting="reference", ranking=None):
     """Select the guides of attack ``name`` for every image of the attacked set, once per run.
 
     feats (N, D), pids (N,): the attacked set's clean features and identities (tensors or
@@ -36,10 +43,17 @@ def plan_attack(name, feats, pids, guide_feats=None, guide_pids=None, *, single=
     in L2-normalised feature space. ``weighting``: ``"reference"`` or ``"mean"`` (see
     ``guides.py``). ``generator``: a ``torch.Generator`` for the random
     choices (None: the global RNG). Raises ReidError for an unknown name or a bad ``single``.
+    ``ranking``: for the ranking-loss attacks, (camids (N,) of the attacked queries,
+    (features, pids, camids) of the clean gallery, k) (see ``ranking.py``).
     """
     name = check_single(name, single)
     if name not in ATTACKS:
         raise ValueError(f"{name} is not a per-image attack: build its plan with universal_plan")
+    if ATTACKS[name].loss == "ranking":
+        if ranking is None:
+            raise ValueError(f"{name} attacks the ranking: give ranking=(query camids, gallery, k)")
+        camids, gallery, k = ranking
+        return ranking_plan(name, ATTACKS[name], feats, pids, camids, gallery, k=k, cosine=cosine)
     return select_guides(name, ATTACKS[name], feats, pids, guide_feats, guide_pids,
                          single=single, cosine=cosine, generator=generator, weighting=weighting)
 
@@ -123,15 +137,78 @@ def project(x, adv, eps, norm="linf"):
     return out
 
 
-def _perturb(model, x, packed, optimiser, eps, step, max_iter, rand_start, cosine, generator, norm="linf",
-             rows=None):
+class EotModel(torch.nn.Module):
+    """K forward passes of a model that is random at inference, side by side: (B, K * D)."""
+
+    def __init__(self, model, k):
+        super().__init__()
+        self.model, self.k = model, int(k)
+
+    def forward(self, x):
+        return torch.cat([self.model(x) for _ in range(self.k)], dim=1)
+
+
+class EotLoss(torch.nn.Module):
+    """The mean of ``loss_fn`` over the K feature blocks of an ``EotModel``'s output."""
+
+    def __init__(self, loss_fn, k):
+        super().__init__()
+        self.loss_fn, self.k = loss_fn, int(k)
+
+    def per_sample(self, features, target):
+        return torch.stack([self.loss_fn.per_sample(f, target) for f in features.chunk(self.k, dim=1)]).mean(0)
+
+    def forward(self, features, target):
+        return self.per_sample(features, target).sum()
+
+
+# Random starts of restart r >= 1 and the Square attack's draws come from image streams of
+# their own: image i's generator is seeded with (seed, i + slot * 2**32).
+_STREAM = 2 ** 32
+_SQUARE_SLOT = 2 ** 16
+
+
+def _perturb(model, x, loss_fn, y, optimiser, eps, step, max_iter, rand_start, generator, norm="linf",
+             rows=None, restarts=1, eot=1):
     """The core loop, budget already in [0, 1] pixel units. Returns the adversarial images."""
-    x0 = _start_point(x, rand_start, eps, norm, generator, rows)
-    x_adv = OPTIMISERS[optimiser].run(norm)(model, GuidedLoss(cosine), x, x0, packed, eps, step, max_iter)
-    # One last projection: advertorch's momentum attack returns x0 + delta, which float
-    # rounding can put one ulp outside [0, 1], and an L2 norm rounds too; this makes every
-    # bound hold exactly.
-    return project(x, x_adv.detach(), eps, norm)
+    opt = OPTIMISERS[optimiser]
+    predict = model if eot == 1 else EotModel(model, eot)
+    loss_fn = loss_fn if eot == 1 else EotLoss(loss_fn, eot)
+    best, best_loss = None, None
+    for restart in range(int(restarts)):
+        start_rows = rows if restart == 0 or rows is None else rows + restart * _STREAM
+        x0 = _start_point(x, rand_start if restart == 0 else True, eps, norm, generator, start_rows)
+        extra = {}
+        if opt.random:
+            extra["generators"] = None if rows is None or generator is None else [
+                image_generator(generator.initial_seed(), i + (_SQUARE_SLOT + restart) * _STREAM)
+                for i in rows.tolist()]
+        x_adv = opt.run(norm)(predict, loss_fn, x, x0, y, eps, step, max_iter, **extra)
+        # One last projection: advertorch's momentum attack returns x0 + delta, which float
+        # rounding can put one ulp outside [0, 1], and an L2 norm rounds too; this makes every
+        # bound hold exactly.
+        x_adv = project(x, x_adv.detach(), eps, norm)
+        if restarts == 1:
+            return x_adv
+        with torch.no_grad():
+            loss = loss_fn.per_sample(predict(x_adv), y)
+        if best is None:
+            best, best_loss = x_adv, loss
+        else:
+            better = loss > best_loss
+            best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x_adv, best)
+            best_loss = torch.where(better, loss, best_loss)
+    return best
+
+
+@contextmanager
+def seeded_model_rng(seed, device):
+    """The global RNG (CPU, and ``device``'s if CUDA) seeded with ``seed`` inside, restored after:
+    a model that is random at inference draws the same in a rerun of the same batches."""
+    devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed % 2 ** 63)
+        yield
 
 
 def perturb(model, images, packed, *, optimiser="pgd", eps=None, step=None, max_iter=15,
@@ -149,8 +226,8 @@ def perturb(model, images, packed, *, optimiser="pgd", eps=None, step=None, max_
     if optimiser not in OPTIMISERS:
         raise ValueError(f"unknown optimiser {optimiser!r}; expected one of {list(OPTIMISERS)}")
     with attack_mode(model):
-        return _perturb(model, images.detach(), packed.to(images.device), optimiser, eps, step,
-                        max_iter, rand_start, cosine, generator, norm)
+        return _perturb(model, images.detach(), GuidedLoss(cosine), packed.to(images.device), optimiser, eps,
+                        step, max_iter, rand_start, generator, norm)
 
 
 def _rows(batch_indices, batch_size, plan):
@@ -165,7 +242,7 @@ def _rows(batch_indices, batch_size, plan):
 
 
 def attack_batch(model, images, plan, batch_indices, *, eps=None, step=None, max_iter=15,
-                 generator=None, return_features=True, norm="linf"):
+                 generator=None, return_features=True, norm="linf", restarts=1, eot=1):
     """Attack one batch of the attacked set.
 
     images (B, 3, H, W) in [0, 1]; ``batch_indices``: their positions in the attacked set
@@ -176,6 +253,7 @@ def attack_batch(model, images, plan, batch_indices, *, eps=None, step=None, max
 
     Returns ``(adv_images, adv_features)``: adv_images (B, 3, H, W) in [0, 1] with
     |adv - images| <= eps/255 (L-inf) or ||adv - images||_2 <= eps per image (L2); images
+    ``restarts`` and ``eot``: see the module docstring (1: off). Images
     the plan does not attack (pid <= 0) come back
     unchanged, with their clean features from the plan. adv_features (B, D) are the model's
     raw outputs (not normalised), from one no-grad forward pass on the attacked images
@@ -192,12 +270,16 @@ def attack_batch(model, images, plan, batch_indices, *, eps=None, step=None, max
     if local.numel() == 0:
         return adv, feats
     rows, local = rows[local], local.to(device)
-    with attack_mode(model):
+    # A generator makes the run reproducible: the model's own randomness too (None: the global RNG's stream).
+    seeded = nullcontext() if generator is None else seeded_model_rng(
+        generator.initial_seed() * 1000003 + int(rows[0]), device)
+    with attack_mode(model), seeded:
         if hasattr(plan, "apply"):  # a universal perturbation or noise: added, not optimised
             x_adv = plan.apply(adv[local], rows)
         else:
-            x_adv = _perturb(model, adv[local], plan.packed(rows).to(device), plan.spec.optimiser,
-                             eps, step, max_iter, plan.rand_start[rows], plan.cosine, generator, norm, rows)
+            loss_fn, target = plan.objective(rows)
+            x_adv = _perturb(model, adv[local], loss_fn, target.to(device), plan.spec.optimiser, eps, step,
+                             max_iter, plan.rand_start[rows], generator, norm, rows, restarts, eot)
         if return_features:
             with torch.no_grad():
                 feats[local] = model(x_adv).to(feats.dtype)

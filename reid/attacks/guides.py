@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .loss import pack_bank_guides
+from .loss import GuidedLoss, pack_bank_guides
 
 PUSH_RULES = ("others", "self")
 WEIGHTINGS = ("reference", "mean")
@@ -103,6 +103,10 @@ class AttackPlan(PlanBase):
         """The (B, D + 2) target of ``GuidedLoss`` for the images at ``rows``."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.device)
         return pack_bank_guides(self.bank, self.index[rows], self.weight[rows], self.bank_sqnorm)
+
+    def objective(self, rows):
+        """(loss_fn, target) of the images at ``rows``: the guided loss and their packed guides."""
+        return GuidedLoss(self.cosine), self.packed(rows)
 
 
 def tensors_to(record, device):

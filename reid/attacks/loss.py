@@ -103,3 +103,57 @@ class GuidedLoss(nn.Module):
 def guided_loss(features, guides, weights, cosine=False):
     """Convenience form: the guided loss of features (B, D) for guides (B, K, D), weights (B, K)."""
     return GuidedLoss(cosine)(features, pack_guides(guides, weights))
+
+
+class RankingLoss(nn.Module):
+    """``loss_fn(features, rows)``: the ranking loss of attacked queries against a known gallery.
+
+    Per query q (``rows``: its positions in the query set), with d the evaluation's distance
+    (squared Euclidean, or that of L2-normalised features with ``cosine``):
+
+        L(q) = min_{g valid true match} d(q, g) - k-th smallest_{g valid non-match} d(q, g)
+
+    under the Market-1501 protocol: true matches are gallery items of q's identity from
+    another camera; items of q's identity and camera and junk (pid -1) are neither;
+    distractors (pid 0) are non-matches. L(q) > 0 exactly when the nearest true match ranks
+    behind the k-th non-match, so maximising it drives rank-k and AP down. Queries without a
+    valid true match (left out of the metrics) or with fewer than k non-matches score 0.
+    The attacker knows the gallery: a stronger threat model than the guided loss.
+    """
+
+    def __init__(self, gallery_feats, gallery_pids, gallery_camids, query_pids, query_camids, k=1, cosine=False):
+        super().__init__()
+        self.cosine, self.k = bool(cosine), int(k)
+        gallery = F.normalize(gallery_feats.float(), dim=1) if cosine else gallery_feats.float()
+        self.register_buffer("gallery", gallery)
+        self.register_buffer("gallery_sq", gallery.pow(2).sum(1))
+        as_long = lambda v: torch.as_tensor(v, device=gallery.device).long().reshape(-1)  # noqa: E731
+        self.register_buffer("gallery_pids", as_long(gallery_pids))
+        self.register_buffer("gallery_camids", as_long(gallery_camids))
+        self.register_buffer("query_pids", as_long(query_pids))
+        self.register_buffer("query_camids", as_long(query_camids))
+
+    def margins(self, features, rows):
+        """(L(q) per query, whether it is defined): the loss before undefined ones become 0."""
+        rows = torch.as_tensor(rows, device=self.gallery.device).long().reshape(-1)
+        f = F.normalize(features, dim=1) if self.cosine else features
+        dist = f.pow(2).sum(1, keepdim=True) + self.gallery_sq.to(f.dtype) - 2 * f @ self.gallery.to(f.dtype).t()
+        pid, cam = self.query_pids[rows].unsqueeze(1), self.query_camids[rows].unsqueeze(1)
+        same_id, same_cam = self.gallery_pids == pid, self.gallery_camids == cam
+        match = same_id & ~same_cam
+        other = ~same_id & (self.gallery_pids != -1)
+        k = min(self.k, dist.shape[1])
+        nearest_match = dist.masked_fill(~match, float("inf")).amin(1)
+        kth_other = dist.masked_fill(~other, float("inf")).topk(k, dim=1, largest=False).values[:, -1]
+        defined = match.any(1) & (other.sum(1) >= self.k)
+        return nearest_match - kth_other, defined
+
+    def per_sample(self, features, rows):
+        margin, defined = self.margins(features, rows)
+        return torch.where(defined, margin, torch.zeros_like(margin))
+
+    def forward(self, features, rows):
+        return self.per_sample(features, rows).sum()
+
+    def extra_repr(self):
+        return f"k={self.k}, cosine={self.cosine}, gallery={tuple(self.gallery.shape)}"

@@ -34,7 +34,8 @@ perturbation instead:
 """
 
 from dataclasses import dataclass
-from typing import Callable
+import math
+from typing import Callable, Optional
 
 import torch
 
@@ -49,12 +50,19 @@ _TINY = 1e-6
 class Optimiser:
     """``runs[norm](predict, loss_fn, x, x0, y, eps, step, max_iter)`` -> adversarial images.
 
-    eps / step are in [0, 1] pixel units (L-inf: already divided by 255).
+    eps / step are in [0, 1] pixel units (L-inf: already divided by 255). ``l2`` None: the
+    optimiser has no L2 form. ``gradient_free``: it only queries features (``max_iter`` is
+    then its query budget per image, and no backward pass is made). ``random``: it draws
+    random numbers as it goes and takes ``generators=`` (one ``torch.Generator`` per image,
+    or None for the global RNG). ``own_step``: it ignores ``step`` (APGD's step schedule).
     """
 
     linf: Callable
-    l2: Callable
+    l2: Optional[Callable]
     single_step: bool = False
+    gradient_free: bool = False
+    random: bool = False
+    own_step: bool = False
 
     def run(self, norm):
         return {"linf": self.linf, "l2": self.l2}[norm]
@@ -128,8 +136,152 @@ def _momentum_l2(predict, loss_fn, x, x0, y, eps, step, max_iter, decay=1.0):
     return x + delta
 
 
+# APGD (Croce & Hein, ICML 2020): momentum of the step, the step's first size in units of
+# eps, the share of increasing steps below which a checkpoint halves the step, and the
+# checkpoint fractions' first value, shrink and floor.
+APGD_MOMENTUM = 0.75
+APGD_FIRST_STEP = 2.0
+APGD_RHO = 0.75
+_APGD_FRACTIONS = (0.22, 0.03, 0.06)
+
+
+def apgd_checkpoints(n_iter):
+    """The iterations (steps taken, 1-based) after which APGD checks each image's progress:
+    ceil(w_j n_iter) for w_0 = 0, w_1 = 0.22, w_{j+1} = w_j + max(w_j - w_{j-1} - 0.03, 0.06),
+    below n_iter (a check after the last step would change nothing)."""
+    first, shrink, floor = _APGD_FRACTIONS
+    fractions = [0.0, first]
+    while fractions[-1] + max(fractions[-1] - fractions[-2] - shrink, floor) < 1.0:
+        fractions.append(fractions[-1] + max(fractions[-1] - fractions[-2] - shrink, floor))
+    # round() first: 0.22 * 100 is 22.000000000000004 in floats, whose ceil would be 23.
+    points = sorted({math.ceil(round(w * n_iter, 9)) for w in fractions[1:]})
+    return [p for p in points if 0 < p < n_iter]
+
+
+def _loss_and_grad(predict, loss_fn, x, y, need_grad=True):
+    """Per-image losses (B,) at x, and their input gradient (None when ``need_grad`` is False)."""
+    if not need_grad:
+        with torch.no_grad():
+            return loss_fn.per_sample(predict(x), y).detach(), None
+    x = x.detach().requires_grad_(True)
+    losses = loss_fn.per_sample(predict(x), y)
+    grad, = torch.autograd.grad(losses.sum(), x)
+    return losses.detach(), grad.detach()
+
+
+def _apgd(norm):
+    """APGD in ``norm``: ``max_iter`` forward+backward passes (the first at x0), each step
+    followed by the loss at its new point (the last one by a forward pass only); the step
+    starts at 2 eps and is halved per image at the checkpoints of ``apgd_checkpoints`` when
+    fewer than 0.75 of the steps since the last checkpoint raised the loss, or when neither the
+    step nor the best loss changed since then; such an image restarts from its best point
+    (momentum reset). Returns each image's best iterate. ``trace`` (a list) receives the
+    per-image step sizes after every step, for tests."""
+
+    def direction(g):
+        return g.sign() if norm == "linf" else l2_directions(g)
+
+    def proj(x, v, eps):
+        if norm == "linf":
+            lo, hi = linf_box(x, eps)
+            return torch.minimum(torch.maximum(v, lo), hi)
+        return project_l2(x, v, eps)
+
+    def run(predict, loss_fn, x, x0, y, eps, step, max_iter, trace=None):
+        n_iter = int(max_iter)
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        cur = x0.detach().clone()
+        loss, grad = _loss_and_grad(predict, loss_fn, cur, y)
+        best, best_loss, best_grad = cur.clone(), loss.clone(), grad.clone()
+        prev = cur.clone()
+        eta = torch.full((len(x),), APGD_FIRST_STEP * float(eps), dtype=x.dtype, device=x.device)
+        checks = set(apgd_checkpoints(n_iter))
+        last_check, raised = 0, torch.zeros(len(x), dtype=torch.long, device=x.device)
+        eta_then, best_then = eta.clone(), best_loss.clone()
+        for k in range(1, n_iter + 1):
+            z = proj(x, cur + eta.view(shape) * direction(grad), eps)
+            new = z if k == 1 else proj(x, cur + APGD_MOMENTUM * (z - cur) + (1 - APGD_MOMENTUM) * (cur - prev),
+                                        eps)
+            new_loss, new_grad = _loss_and_grad(predict, loss_fn, new, y, need_grad=k < n_iter)
+            raised += (new_loss > loss).long()
+            better = new_loss > best_loss
+            best[better], best_loss[better] = new[better], new_loss[better]
+            if new_grad is not None:
+                best_grad[better] = new_grad[better]
+            prev, cur, loss, grad = cur, new, new_loss, new_grad
+            if k in checks:
+                halve = (raised.double() < APGD_RHO * (k - last_check)) | ((eta == eta_then) & (best_loss <= best_then))
+                eta = torch.where(halve, eta / 2, eta)
+                cur, prev = cur.clone(), prev.clone()
+                cur[halve] = prev[halve] = best[halve]
+                loss = torch.where(halve, best_loss, loss)
+                grad = torch.where(halve.view(shape), best_grad, grad)
+                last_check, eta_then, best_then = k, eta.clone(), best_loss.clone()
+                raised.zero_()
+            if trace is not None:
+                trace.append(eta.clone())
+        return best
+
+    return run
+
+
+def _square_linf(predict, loss_fn, x, x0, y, eps, step, max_iter, generators=None, p_init=0.8):
+    """Square attack, L-inf (Andriushchenko et al., ECCV 2020): ``max_iter`` queries per image.
+
+    Query 1: vertical stripes, each column of each channel at x +- eps. Each later query
+    proposes, per image, a square window of side round(sqrt(p H W)) at a random place set to
+    x +- eps (a random sign per channel, changed where it would leave the window as it is),
+    and keeps it only where the loss rose. p follows the paper's schedule over the budget
+    (p_init halved at 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 of 10000 queries). x0 is
+    not used (the stripes are the start). ``generators``: one per image, or None (global RNG).
+    """
+    n_queries = int(max_iter)
+    batch, channels, height, width = x.shape
+    lo, hi = linf_box(x, eps)
+
+    def draw(high, shape=()):
+        """Integers in [0, high) of ``shape`` per image, stacked (B, *shape): from each image's
+        generator, or from the global RNG."""
+        if generators is None:
+            return torch.randint(0, high, (batch,) + shape).to(x.device)
+        return torch.stack([torch.randint(0, high, shape, generator=g) for g in generators]).to(x.device)
+
+    def signs(shape):
+        return draw(2, shape).to(x.dtype) * 2 - 1
+
+    cur = torch.minimum(torch.maximum(x + eps * signs((channels, 1, width)), lo), hi)
+    loss, _ = _loss_and_grad(predict, loss_fn, cur, y, need_grad=False)
+    rows = torch.arange(height, device=x.device).view(1, 1, height, 1)
+    cols = torch.arange(width, device=x.device).view(1, 1, 1, width)
+    for query in range(1, n_queries):
+        side = _square_side(p_init, query, n_queries, height, width)
+        top = draw(height - side + 1).view(-1, 1, 1, 1)
+        left = draw(width - side + 1).view(-1, 1, 1, 1)
+        window = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
+        sign = signs((channels, 1, 1))
+        same = (torch.where(window, x + eps * sign, cur).clamp(0, 1) - cur).abs().flatten(1).amax(1) == 0
+        sign = torch.where(same.view(-1, 1, 1, 1), -sign, sign)
+        proposal = torch.minimum(torch.maximum(torch.where(window, x + eps * sign, cur), lo), hi)
+        new_loss, _ = _loss_and_grad(predict, loss_fn, proposal, y, need_grad=False)
+        better = new_loss > loss
+        cur = torch.where(better.view(-1, 1, 1, 1), proposal, cur)
+        loss = torch.where(better, new_loss, loss)
+    return cur
+
+
+def _square_side(p_init, query, n_queries, height, width):
+    """The window side at ``query`` of ``n_queries``: the paper's schedule of the window
+    fraction p (stated for 10000 queries, rescaled to the budget), side round(sqrt(p H W))."""
+    at = int(query / n_queries * 10000)
+    halvings = sum(at > t for t in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))
+    p = p_init / 2 ** halvings
+    return max(1, min(int(round(math.sqrt(p * height * width))), height, width))
+
+
 OPTIMISERS = {
     "fgsm": Optimiser(_fgsm, _fgm_l2, single_step=True),
     "pgd": Optimiser(_pgd, _pgd_l2),
     "momentum": Optimiser(_momentum, _momentum_l2),
+    "apgd": Optimiser(_apgd("linf"), _apgd("l2"), own_step=True),
+    "square": Optimiser(_square_linf, None, gradient_free=True, random=True, own_step=True),
 }

@@ -20,7 +20,7 @@ Pulling rules (moved towards):
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from .guides import PULL_RULES, PUSH_RULES
@@ -31,41 +31,94 @@ from reid.runtime import ReidError
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One attack: guide rule (``push``, ``pull``) + ``optimiser``; ``single`` = has a
-    single-guide form (one random pushing guide instead of all of them)."""
+    """One attack: guide rule (``push``, ``pull``) + ``optimiser`` + ``loss``; ``single`` = has
+    a single-guide form (one random pushing guide instead of all of them). ``loss``:
+    ``"guided"`` (the one guided loss over the guides) or ``"ranking"`` (the ranking loss over
+    the gallery, ``loss.RankingLoss``: no guides, the attacker knows the gallery).
+    ``paper``: one of the papers' attacks, which ``all`` names."""
 
     push: Optional[str]
     pull: Optional[str]
     optimiser: str
     single: bool
     description: str
+    loss: str = "guided"
+    paper: bool = False
 
     def iterations(self, max_iter):
-        """Forward/backward passes the optimiser makes (FGSM is one step whatever max_iter)."""
+        """Passes the optimiser makes per image: forward+backward for gradient attacks (FGSM is
+        one step whatever max_iter), forward only (queries) for gradient-free ones."""
         return OPTIMISERS[self.optimiser].iterations(max_iter)
 
+    @property
+    def gradient_free(self):
+        return OPTIMISERS[self.optimiser].gradient_free
 
-ATTACKS = {
+    @property
+    def uses_gallery(self):
+        """Whether the attacker must know the gallery (a stronger threat model than the guides
+        of the attacked set alone)."""
+        return self.loss == "ranking"
+
+
+PAPER_ATTACKS = {
     "FGSM": AttackSpec("others", None, "fgsm", True,
-                       "one signed-gradient step of size eps away from same-identity images"),
+                       "one signed-gradient step of size eps away from same-identity images", paper=True),
     "IFGSM": AttackSpec("others", None, "pgd", True,
-                        "iterative FGSM away from same-identity images"),
+                        "iterative FGSM away from same-identity images", paper=True),
     "MIFGSM": AttackSpec("others", None, "momentum", True,
-                         "momentum iterative FGSM (decay 1.0) away from same-identity images"),
+                         "momentum iterative FGSM (decay 1.0) away from same-identity images", paper=True),
     "SMA": AttackSpec("self", None, "pgd", False,
-                      "self metric attack: away from the image's own feature, random start"),
+                      "self metric attack: away from the image's own feature, random start", paper=True),
     "ODFA": AttackSpec(None, "opposite", "pgd", False,
-                       "opposite-direction feature attack: towards -f(x)"),
+                       "opposite-direction feature attack: towards -f(x)", paper=True),
     "FNA": AttackSpec("others", "furthest_centroid", "pgd", False,
                       "furthest-negative attack: away from same identity, towards the "
-                      "furthest identity centroid"),
+                      "furthest identity centroid", paper=True),
     "FNA_pull": AttackSpec(None, "furthest_centroid", "pgd", False,
-                           "towards the furthest identity centroid only"),
+                           "towards the furthest identity centroid only", paper=True),
     "FNA_rand": AttackSpec("others", "random_centroid", "pgd", False,
-                           "FNA with the centroid of a random other identity"),
+                           "FNA with the centroid of a random other identity", paper=True),
 }
 
-ATTACK_NAMES = tuple(ATTACKS)
+RANK = AttackSpec(None, None, "pgd", False, "PGD on the ranking loss: the nearest true match pushed "
+                  "behind the k-th nearest non-match of the gallery (the attacker knows the gallery)",
+                  loss="ranking")
+
+# APGD_<X>: the guides of X with APGD as the optimiser (MIFGSM's momentum is APGD's own);
+# SQUARE_<X>: the guides of X with the gradient-free Square attack.
+ATTACKS = {
+    **PAPER_ATTACKS,
+    **{f"APGD_{name}": replace(spec, optimiser="apgd", paper=False, description=f"APGD on {name}'s guides")
+       for name, spec in PAPER_ATTACKS.items() if spec.optimiser == "pgd"},
+    "RANK": RANK,
+    "APGD_RANK": replace(RANK, optimiser="apgd", description="APGD on the ranking loss (knows the gallery)"),
+    "SQUARE_SMA": replace(PAPER_ATTACKS["SMA"], optimiser="square", paper=False,
+                          description="Square (gradient-free) away from the image's own feature"),
+    "SQUARE_FNA": replace(PAPER_ATTACKS["FNA"], optimiser="square", paper=False,
+                          description="Square (gradient-free) on FNA's guides"),
+    "SQUARE_RANK": replace(RANK, optimiser="square",
+                           description="Square (gradient-free) on the ranking loss (knows the gallery)"),
+}
+
+ATTACK_NAMES = tuple(name for name, spec in ATTACKS.items() if spec.paper)
+"""The papers' attacks: what ``-a all`` runs."""
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A fixed ensemble and its fixed configuration (``-a standard``): the members run at
+    ``max_iter`` gradient passes (APGD), ``queries`` (Square) and ``restarts``, whatever
+    the flags say, so that two numbers of the suite are comparable."""
+
+    members: tuple
+    max_iter: int
+    queries: int
+    restarts: int
+
+
+SUITES = {"standard": Suite(("APGD_SMA", "APGD_FNA", "APGD_RANK", "SQUARE_RANK"), max_iter=100, queries=1000,
+                            restarts=1)}
 
 # Perturbations added to the images rather than optimised per image (``universal.py``):
 # named explicitly, never part of ``all`` (a UAP is learned on a training split first).
@@ -79,7 +132,8 @@ def _check_table():
     for name, spec in ATTACKS.items():
         assert spec.push in PUSH_RULES + (None,), (name, spec.push)
         assert spec.pull in PULL_RULES + (None,), (name, spec.pull)
-        assert spec.push or spec.pull, name
+        assert bool(spec.push or spec.pull) == (spec.loss == "guided"), name
+        assert spec.loss in ("guided", "ranking"), name
         assert spec.optimiser in OPTIMISERS, (name, spec.optimiser)
         assert not spec.single or spec.push == "others", name
 
@@ -87,13 +141,16 @@ def _check_table():
 _check_table()
 
 
+def _valid_names():
+    return f"{', '.join((*ATTACKS, *UNIVERSAL_ATTACKS))} (or all: the papers' attacks; standard: the suite)"
+
+
 def canonical_name(name):
     """The table's spelling of an attack name (case-insensitive), or ReidError listing them."""
     for known in (*ATTACKS, *UNIVERSAL_ATTACKS):
         if str(name).lower() == known.lower():
             return known
-    raise ReidError(f"unknown attack {name!r}; valid attacks: "
-                    f"{', '.join(ATTACK_NAMES + tuple(UNIVERSAL_ATTACKS))} (or all)")
+    raise ReidError(f"unknown attack {name!r}; valid attacks: {_valid_names()}")
 
 
 def get_attack_spec(name):
@@ -102,17 +159,19 @@ def get_attack_spec(name):
 
 def resolve_attack_names(names):
     """Attack names from the CLI (a string or a list, comma-separated names allowed; ``all``
-    = every attack), canonical, deduplicated, in the order given."""
+    = the papers' attacks, ``standard`` = the members of ``SUITES["standard"]``), canonical,
+    deduplicated, in the order given."""
     if isinstance(names, str):
         names = [names]
     names = [part.strip() for name in names for part in str(name).split(",") if part.strip()]
     out = []
     for name in names:
-        expanded = ATTACK_NAMES if str(name).lower() == "all" else [canonical_name(name)]
+        lower = str(name).lower()
+        expanded = (ATTACK_NAMES if lower == "all" else SUITES[lower].members if lower in SUITES
+                    else [canonical_name(name)])
         out.extend(n for n in expanded if n not in out)
     if not out:
-        raise ReidError(f"no attack given; valid attacks: "
-                    f"{', '.join(ATTACK_NAMES + tuple(UNIVERSAL_ATTACKS))} (or all)")
+        raise ReidError(f"no attack given; valid attacks: {_valid_names()}")
     return out
 
 
@@ -233,5 +292,9 @@ def check_attack_args(names, single=False, eps=None, step=None, max_iter=15, nor
     universal = [n for n in resolved if n in UNIVERSAL_ATTACKS]
     if norm != "linf" and universal:
         raise ReidError(f"--norm {norm}: {universal[0]} is a universal L-inf perturbation; "
+                        f"run it with --norm linf")
+    no_form = [n for n in resolved if n in ATTACKS and OPTIMISERS[ATTACKS[n].optimiser].run(norm) is None]
+    if no_form:
+        raise ReidError(f"--norm {norm}: {no_form[0]} has no {norm} form (the Square attack is L-inf only); "
                         f"run it with --norm linf")
     return resolved

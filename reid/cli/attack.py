@@ -17,9 +17,9 @@ Transfer (attacks crafted on model.th, also evaluated on the other checkpoints):
 import argparse
 import os
 
-from reid.attacks import ATTACK_NAMES, UAP_LOSSES, UNIVERSAL_ATTACKS, WEIGHTINGS
+from reid.attacks import ATTACKS, SUITES, UAP_LOSSES, UNIVERSAL_ATTACKS, WEIGHTINGS
 from reid.data import DATASET_NAMES
-from reid.evaluation import Options, check_options, default_out, run_evaluation
+from reid.evaluation import OPTION_NAMES, Options, check_options, default_out, run_evaluation
 from reid.models import check_feature_model, check_input_size, check_materialised, load_model, model_from_factory
 from reid.runtime import (ReidError, amp, check_input_dir, check_number, check_writable_dir, cli_main, distributed,
                           file_sha256)
@@ -53,8 +53,9 @@ def parse_args(argv=None):
     p.add_argument("-e", "--embedding_size", type=int, help="expected triplet embedding size (checked)")
     p.add_argument("--cosine", action="store_true", help="L2-normalised features in the attack loss and ranking")
     p.add_argument("-a", "--attack", nargs="+", default=["clean"], metavar="NAME",
-                   help=f"one or several of {', '.join(ATTACK_NAMES + tuple(UNIVERSAL_ATTACKS))}, clean, "
-                        "or all (every per-image attack; default clean)")
+                   help=f"one or several of {', '.join((*ATTACKS, *UNIVERSAL_ATTACKS))}, clean, all (the "
+                        "papers' attacks) or standard (the fixed suite: APGD_SMA APGD_FNA APGD_RANK SQUARE_RANK at "
+                        "100 iterations and 1000 queries; docs/attacks.md); default clean")
     p.add_argument("--eps", type=float, nargs="+", metavar="EPS",
                    help="budget(s): L-inf in /255 (default 5), L2 a radius in [0, 1] pixel units of the whole "
                         "image (default 0.5); several values run every attack at each (a sweep)")
@@ -64,6 +65,19 @@ def parse_args(argv=None):
     p.add_argument("--norm", default=DEFAULTS.norm, metavar="{linf,l2}",
                    help="threat model of the per-image attacks: linf (default) or l2")
     p.add_argument("--max_iter", type=int, default=DEFAULTS.max_iter, help="iterations of iterative attacks (default 15)")
+    p.add_argument("--queries", type=int, default=DEFAULTS.queries,
+                   help="query budget per image of the gradient-free SQUARE_* attacks (default 1000)")
+    p.add_argument("--restarts", type=int, default=DEFAULTS.restarts,
+                   help="runs per image of every iterative attack, the best kept by its loss (default 1)")
+    p.add_argument("--eot", type=int, default=DEFAULTS.eot, metavar="K",
+                   help="expectation over transformation: each gradient the mean over K forward passes, for "
+                        "models that are random at inference (default 1)")
+    p.add_argument("--rank-k", type=int, default=DEFAULTS.rank_k, metavar="K",
+                   help="the *RANK attacks push the nearest true match behind the K-th non-match (default 1)")
+    p.add_argument("--input-defence", metavar="KIND:VALUE",
+                   help="evaluate the model behind an input transformation: bitdepth:B, jpeg:Q or resize-pad:R")
+    p.add_argument("--bpda", action="store_true",
+                   help="the input defence's backward pass replaced by the identity (BPDA, straight-through)")
     p.add_argument("--single", action="store_true", help="FGSM/IFGSM/MIFGSM: one random same-identity guide")
     p.add_argument("--guide-weights", default=DEFAULTS.guide_weights, choices=WEIGHTINGS,
                    help="pushing-guide weights: reference (default: each 1, plus the own feature padded "
@@ -100,8 +114,8 @@ def parse_args(argv=None):
                              ("-e", args.embedding_size, 1)):
         check_number(flag, value, low)  # None (not given) passes
     checked = check_options(Options.from_namespace(args))
-    args.attack, args.eps, args.step, args.norm = checked.attack, checked.eps, checked.step, checked.norm
-    args.uap_loss, args.uap_epochs = checked.uap_loss, checked.uap_epochs  # their defaults, now filled in
+    for name in OPTION_NAMES:  # canonical names, budgets, defaults filled in, a suite's fixed settings
+        setattr(args, name, getattr(checked, name))
     if args.checkpoints_folder is not None:
         check_input_dir(args.checkpoints_folder, "checkpoints_folder")
     check_input_dir(args.dataset_folder, "dataset folder")
@@ -124,7 +138,7 @@ def split_positionals(args):
     if args.weights is not None:
         raise ReidError("--weights: only used with --model-factory (a checkpoint holds its weights)")
     if len(given) != 3:
-        known = {n.lower() for n in (*ATTACK_NAMES, *UNIVERSAL_ATTACKS, "all", "clean")}
+        known = {n.lower() for n in (*ATTACKS, *UNIVERSAL_ATTACKS, *SUITES, "all", "clean")}
         taken = [a for a in args.attack for n in str(a).split(",") if n.strip().lower() not in known]
         hint = ""
         if taken and len(given) < 3:  # nargs="+" options take every word that follows them

@@ -5,9 +5,9 @@ split, features, metrics, transfer, the robustness report and the files a run wr
 """
 
 from reid.evaluation.features import evaluate
-from reid.evaluation.options import Options, check_options, default_out
+from reid.evaluation.options import OPTION_NAMES, Options, check_options, default_out
 from reid.evaluation.run import evaluate_robustness, run_evaluation
 from reid.evaluation.tables import format_metrics
 
-__all__ = ["Options", "check_options", "default_out", "evaluate", "evaluate_robustness", "format_metrics",
+__all__ = ["OPTION_NAMES", "Options", "check_options", "default_out", "evaluate", "evaluate_robustness", "format_metrics",
            "run_evaluation"]

@@ -12,12 +12,14 @@ from reid.runtime import distributed, progress
 
 def attack_split(model, loader, target, name, *, guides=None, single=False, cosine=False, eps=None,
                  step=None, max_iter=15, generator=None, device="cpu", on_batch=None, weighting="reference",
-                 norm="linf"):
+                 norm="linf", ranked_against=None, rank_k=1, restarts=1, eot=1):
     """Attack every image of the split `target` (a `Split`, `loader` yields its images in order).
 
     `name` is an attack of the registry, or a ready plan (e.g. a universal perturbation's
     `AdditivePlan`). Guides come from `target` itself, or from the `guides` split
-    (`--cross_attack`). `on_batch(clean, adv, indices, attacked)` sees each batch: its clean
+    (`--cross_attack`); the ranking-loss attacks rank `target` against the split `ranked_against`
+    (its clean features; `rank_k`: see `RankingLoss`). `restarts`, `eot`: see `reid.attacks.core`.
+    `max_iter` is the query budget of a gradient-free attack. `on_batch(clean, adv, indices, attacked)` sees each batch: its clean
     and adversarial images, their rows of `target`, and which of them the attack perturbed
     (a (B,) bool mask; the others come back unchanged, with their clean features), to save
     images or pictures, or to feed other models (transfer). Returns the adversarial features
@@ -31,7 +33,8 @@ def attack_split(model, loader, target, name, *, guides=None, single=False, cosi
     plan = name if not isinstance(name, str) else plan_attack(
         name, target.feats, target.pids, None if guides is None else guides.feats,
         None if guides is None else guides.pids, single=single, cosine=cosine, generator=generator,
-        weighting=weighting)
+        weighting=weighting, ranking=None if ranked_against is None else (
+            target.camids, (ranked_against.feats, ranked_against.pids, ranked_against.camids), rank_k))
     plan, name = plan.to(device), plan.name
     adv_feats = torch.empty_like(target.feats)
     largest = torch.zeros((), dtype=torch.float64, device=device)
@@ -39,7 +42,7 @@ def attack_split(model, loader, target, name, *, guides=None, single=False, cosi
     for images, _, _, idx in progress(distributed.shard_loader(loader), name):
         images = images.to(device, non_blocking=True)
         adv, feats = attack_batch(model, images, plan, idx, eps=eps, step=step, max_iter=max_iter,
-                                  generator=generator, norm=norm)
+                                  generator=generator, norm=norm, restarts=restarts, eot=eot)
         adv_feats[idx.to(adv_feats.device)] = F.normalize(feats, dim=1) if cosine else feats
         moved = (adv - images).abs().amax() if norm == "linf" else (
             adv.double() - images.double()).flatten(1).norm(dim=1).amax()

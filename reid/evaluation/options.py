@@ -8,7 +8,9 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import List, Optional, Union
 
-from reid.attacks import DEFAULT_EPS, DEFAULT_STEP, UapConfig, check_attack_args, check_norm, parse_step
+from reid.attacks import (ATTACKS, DEFAULT_EPS, DEFAULT_STEP, SUITES, UapConfig, check_attack_args, check_norm,
+                          parse_step)
+from reid.defences import RANDOM_DEFENCES, parse_input_defence
 from reid.evaluation.transfer import check_transfer_paths
 from reid.runtime import MAX_SEED, ReidError, check_number
 
@@ -24,6 +26,12 @@ class Options:
     eps: Union[None, float, List[float]] = None  # one budget, or several (a sweep); None: the norm's default
     step: Union[None, float, str] = None  # a number, "auto" (2.5 eps / max_iter) or None (the norm's default)
     max_iter: int = 15
+    queries: int = 1000  # the query budget per image of the gradient-free (Square) attacks
+    restarts: int = 1  # runs of every per-image attack per image, the best kept (by its loss)
+    eot: int = 1  # forward passes averaged per gradient (expectation over transformation)
+    rank_k: int = 1  # the ranking loss's non-match rank: the nearest true match pushed behind the k-th non-match
+    input_defence: Optional[str] = None  # an input transformation before the model: bitdepth:B, jpeg:Q, resize-pad:R
+    bpda: bool = False  # the input defence's backward replaced by the identity (straight-through)
     norm: str = "linf"  # threat model: "linf" (eps in /255) or "l2" (an L2 radius in [0, 1] pixel units)
     single: bool = False
     guide_weights: str = "reference"
@@ -137,12 +145,23 @@ def check_options(opts):
     opts.step = parse_step("--step", opts.step)  # finite; its range is checked with the attacks
     budgets = eps_values(opts.eps, opts.norm)
     names = [n for a in opts.attack for n in str(a).split(",") if n.strip() and n.strip().lower() != "clean"]
+    check_suites(opts, names)
     opts.attack = check_attack_args(names, opts.single, budgets, opts.step, opts.max_iter, opts.norm) if names else []
     opts.eps = budgets[0] if len(budgets) == 1 else budgets  # results.json keeps its one-budget shape
     opts.step = DEFAULT_STEP[opts.norm] if opts.step is None else opts.step
     for flag, value, low in (("-n", opts.nb_repeat, 1), ("-b", opts.batch_size, 1), ("--workers", opts.workers, 0),
-                             ("--visualize", opts.visualize, 0)):
+                             ("--visualize", opts.visualize, 0), ("--queries", opts.queries, 1),
+                             ("--restarts", opts.restarts, 1), ("--eot", opts.eot, 1), ("--rank-k", opts.rank_k, 1)):
         check_number(flag, value, low)
+    check_optimiser_flags(opts)
+    if opts.input_defence is not None:
+        kind, value = parse_input_defence(opts.input_defence)
+        opts.input_defence = f"{kind}:{value:g}"
+        if opts.bpda and kind in RANDOM_DEFENCES:
+            raise ReidError(f"--bpda: {kind} is differentiable (its backward is its own); attack its randomness "
+                            "with --eot K instead")
+    elif opts.bpda:
+        raise ReidError("--bpda: only used with --input-defence (it replaces the defence's backward pass)")
     check_number("--seed", opts.seed, 0, MAX_SEED)
     check_uap_flags(opts)
     level = 1.0 if opts.norm == "linf" else 1.0 / 255  # one 8-bit step, in the budget's units
@@ -154,6 +173,43 @@ def check_options(opts):
     opts.transfer_to = [str(p) for p in (opts.transfer_to or [])]
     check_transfer_paths(opts.transfer_to)
     return opts
+
+
+def check_suites(opts, names):
+    """``-a standard`` fixes its members' budgets: --max_iter, --queries and --restarts take the
+    suite's values, and one of them changed from its default is refused (it would be another suite)."""
+    for name in {n.strip().lower() for n in names} & set(SUITES):
+        suite = SUITES[name]
+        for flag, field_name, fixed in (("--max_iter", "max_iter", suite.max_iter),
+                                        ("--queries", "queries", suite.queries),
+                                        ("--restarts", "restarts", suite.restarts)):
+            value, default = getattr(opts, field_name), Options.__dataclass_fields__[field_name].default
+            if value not in (default, fixed):
+                raise ReidError(f"{flag} {value}: -a {name} runs at its fixed {flag} {fixed}; drop {flag}, or name "
+                                f"the attacks ({', '.join(suite.members)}) instead of {name}")
+            setattr(opts, field_name, fixed)
+
+
+def check_optimiser_flags(opts):
+    """Flags of the optimisers make sense only with an attack that uses them: refused otherwise."""
+    specs = {n: ATTACKS[n] for n in opts.attack if n in ATTACKS}
+    uses = {"--queries": [n for n, s in specs.items() if s.gradient_free],
+            "--restarts": [n for n, s in specs.items() if s.optimiser != "fgsm"],
+            "--eot": list(specs), "--rank-k": [n for n, s in specs.items() if s.uses_gallery]}
+    for flag, field_name in (("--queries", "queries"), ("--restarts", "restarts"), ("--eot", "eot"),
+                             ("--rank-k", "rank_k")):
+        if getattr(opts, field_name) != Options.__dataclass_fields__[field_name].default and not uses[flag]:
+            raise ReidError(f"{flag} {getattr(opts, field_name)}: no attack of -a uses it "
+                            f"({'the gradient-free SQUARE_* attacks' if flag == '--queries' else 'per-image attacks'}"
+                            f"{' except FGSM' if flag == '--restarts' else ''}"
+                            f"{' on the ranking loss (*RANK)' if flag == '--rank-k' else ''})")
+    ranking = [n for n, s in specs.items() if s.uses_gallery]
+    if ranking and opts.gallery:
+        raise ReidError(f"--gallery: {ranking[0]} attacks the queries' ranking against the clean gallery; "
+                        "run it without --gallery")
+    if opts.cross_attack and specs and all(s.loss == "ranking" for s in specs.values()):
+        raise ReidError(f"--cross_attack: {', '.join(specs)} use no guides (the ranking loss reads the gallery); "
+                        "drop --cross_attack")
 
 
 def default_out(stem, dataset):

@@ -34,6 +34,7 @@ import sys
 
 import numpy as np
 
+from reid.evaluation.checks import FILE_CHECKS, file_checks, print_warnings
 from reid.metrics import METRIC_NAMES, as_metrics, rank_summary
 from reid.runtime import ReidError, atomic_path, cli_main
 
@@ -217,6 +218,8 @@ def main(argv=None):
     results = read_results(args.results)
     if results.get("complete") is False:
         print(f"note: {args.results} is from a run that did not finish: the report holds what it had done")
+    stored = [w for w in results.get("checks", {}).get("warnings", []) if w.get("check") not in FILE_CHECKS]
+    print_warnings(stored + file_checks(results))  # the model's checks as the run found them, the file's anew
     for path in write_report(results, os.path.dirname(os.path.abspath(args.results))):
         print(path)
 

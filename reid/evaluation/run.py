@@ -17,9 +17,11 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from reid.attacks import UNIVERSAL_ATTACKS, check_budget, resolve_step, universal_plan
+from reid.attacks import ATTACKS, OPTIMISERS, UNIVERSAL_ATTACKS, check_budget, resolve_step, universal_plan
 from reid.data import build_transforms, eval_loader, load_dataset
+from reid.defences import InputDefence
 from reid.evaluation.attack_loop import attack_split, chain
+from reid.evaluation.checks import CHECKS, file_checks, gradient_free_check, model_checks, print_warnings
 from reid.evaluation.features import extract_features
 from reid.evaluation.options import (OPTION_NAMES, check_options, default_out, eps_label, eps_text, eps_values,
                                      python_options)
@@ -43,6 +45,8 @@ def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device
     `label`: the name of its files and of its transfer entries (default `name`). Each run's
     adversarial images also go through the transfer `targets` (their runs are appended)."""
     label = label or name
+    spec = ATTACKS.get(name)
+    max_iter = opts.queries if spec is not None and spec.gradient_free else opts.max_iter
     step = resolve_step(opts.step, eps, opts.max_iter, opts.norm)
     target, other = (gallery, query) if opts.gallery else (query, gallery)
     metric = "cosine" if opts.cosine else "euclidean"
@@ -61,8 +65,10 @@ def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device
                                     opts.seed * 1000003 + run)
         adv_feats, st = attack_split(model, loader, target, attack, guides=other if opts.cross_attack else None,
                                      single=opts.single, cosine=opts.cosine, eps=eps, step=step,
-                                     max_iter=opts.max_iter, generator=generator, device=device,
+                                     max_iter=max_iter, generator=generator, device=device,
                                      weighting=opts.guide_weights, norm=opts.norm,
+                                     ranked_against=other if spec is not None and spec.uses_gallery else None,
+                                     rank_k=opts.rank_k, restarts=restarts_of(spec, opts), eot=opts.eot,
                                      on_batch=chain(saver, pictures, transfer))
         adv = {"gallery_feats" if opts.gallery else "query_feats": adv_feats}
         metrics, values = split_metrics(query, gallery, metric, per_query=True, **adv)
@@ -84,8 +90,32 @@ def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device
              "max_perturbation": max(s["max_perturbation"] for s in stats),
              "attack_seconds": float(np.mean([s["attack_seconds"] for s in stats])),
              "images_attacked": stats[0]["images_attacked"], "fallback_images": stats[0]["fallback_images"],
-             "iterations": stats[0]["iterations"], "target": target.name, "eps": eps, "step": step}
+             "iterations": stats[0]["iterations"], "target": target.name, "eps": eps, "step": step,
+             **optimiser_record(spec, stats[0]["iterations"], opts)}
     return entry, per_query
+
+
+def restarts_of(spec, opts):
+    """--restarts of an attack: one-step FGSM and the universal perturbations run once."""
+    return opts.restarts if spec is not None and spec.optimiser != "fgsm" else 1
+
+
+def optimiser_record(spec, iterations, opts):
+    """How a per-image attack was run, for results.json: its optimiser, whether it knows the
+    gallery and needs gradients, restarts and EOT, and its cost per attacked image (forward +
+    backward passes, or queries: forward passes of a gradient-free attack)."""
+    if spec is None:  # a universal perturbation or noise: added, no optimiser
+        return {}
+    record = {"optimiser": spec.optimiser, "uses_gallery": spec.uses_gallery, "gradient_free": spec.gradient_free,
+              "restarts": restarts_of(spec, opts), "eot": opts.eot}
+    cost = iterations * record["restarts"] * opts.eot
+    if spec.gradient_free:  # every attacked image spends the whole budget (no success criterion)
+        record["queries"] = {"per_image": cost, "mean": float(cost), "median": float(cost)}
+    else:
+        record["gradient_passes"] = cost
+    if OPTIMISERS[spec.optimiser].own_step:
+        record["step"] = None  # APGD's own schedule (2 eps, halved), Square's windows: --step is not used
+    return record
 
 
 def run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sha256=None, config=None):
@@ -113,6 +143,8 @@ def _run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sh
     for eps in budgets if opts.attack else ():  # an L2 radius against this input size's diameter
         check_budget(eps, opts.step, opts.max_iter, norm=opts.norm, input_size=input_size)
     model = amp.wrap(model, opts.amp, device)
+    if opts.input_defence:  # evaluated as the user deploys it: every pass goes through the transformation
+        model = InputDefence(model, opts.input_defence, opts.bpda)
     seed_everything(opts.seed)
     data = load_dataset(dataset_folder, opts.dataset)
     height, width = input_size
@@ -139,6 +171,9 @@ def _run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sh
     query, gallery = splits["query"], splits["gallery"]
     clean = split_metrics(query, gallery, metric)
     extract_target_features(targets, data, loaders, opts, device, metric)
+    probe = next(iter(loaders["query"]))[0][:64].to(device)
+    warnings = model_checks(model, probe, opts.eot, with_gradient=bool(opts.attack), seed=opts.seed)
+    gradient_free = {n for n in opts.attack if n in ATTACKS and ATTACKS[n].gradient_free}
 
     os.makedirs(out, exist_ok=True)
     describe = getattr(model, "config", None)
@@ -185,6 +220,7 @@ def _run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sh
             print(f"{name}{f' at eps {eps_text(eps, opts.norm)}' if sweep else ''}: mAP "
                   f"{100 * entry['mean']['mAP']:.2f}{moved} ({entry['images_attacked']} images attacked, "
                   f"{entry['attack_seconds']:.1f} s)")
+        warnings += gradient_free_check(candidates, gradient_free, eps, eps_text(eps, opts.norm))
         if len(candidates) > 1:
             worst.append(worst_entry(candidates, eps, target))
             results["worst"] = {"by_eps": worst} if sweep else worst[0]
@@ -193,10 +229,13 @@ def _run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sh
                 results["transfer"][t.label] = t.results(sweep)
     if opts.save_features:
         write_features(out, arrays)
+    warnings += file_checks(results)
+    results["checks"] = {"ran": list(CHECKS), "warnings": warnings}
     results["complete"] = True
     write_json(os.path.join(out, "results.json"), results)
     print(data.summary())
     print_tables(results, opts, budgets if opts.attack else budgets[:1], target, targets)
+    print_warnings(warnings)
     print(f"results -> {os.path.join(out, 'results.json')}")
     if sweep or worst:
         write_robustness(results, out)
