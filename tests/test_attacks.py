@@ -394,7 +394,12 @@ def test_model_state_is_restored(setup):
 def test_registry_and_advertorch_reexport():
     assert ATTACK_NAMES == ("FGSM", "IFGSM", "MIFGSM", "SMA", "ODFA", "FNA", "FNA_pull",
                             "FNA_rand")
-    assert {n for n, s in ATTACKS.items() if s.single} == {"FGSM", "IFGSM", "MIFGSM"}
+    assert {n for n, s in ATTACKS.items() if s.single} == {"FGSM", "IFGSM", "MIFGSM", "APGD_IFGSM"}
+    # the table beyond the papers: APGD on every PGD row's guides, the ranking loss, Square
+    assert {n for n in ATTACKS if n not in ATTACK_NAMES} == {
+        "APGD_IFGSM", "APGD_SMA", "APGD_ODFA", "APGD_FNA", "APGD_FNA_pull", "APGD_FNA_rand", "RANK", "APGD_RANK",
+        "SQUARE_SMA", "SQUARE_FNA", "SQUARE_RANK"}
+    assert resolve_attack_names(["standard", "FNA"]) == ["APGD_SMA", "APGD_FNA", "APGD_RANK", "SQUARE_RANK", "FNA"]
     assert ATTACKS["FGSM"].iterations(15) == 1 and ATTACKS["FNA"].iterations(15) == 15
     assert resolve_attack_names(["fna", "all"])[:2] == ["FNA", "FGSM"]
     assert len(resolve_attack_names("all")) == len(ATTACK_NAMES)
