@@ -68,6 +68,26 @@ def test_resume_continues_exactly(synthetic_dataset, trained_checkpoint, tmp_pat
     assert [json.loads(x)["epoch"] for x in open(resumed / "m.log.jsonl")] == [0]
 
 
+def test_resume_after_a_kill_in_the_first_last_write(synthetic_dataset, trained_checkpoint, tmp_path):
+    """Killed while writing epoch 0's -last (atomic: none is left, the best of epoch 0 was just
+    written): --resume continues from that best, exactly as the straight run."""
+    train(synthetic_dataset, tmp_path, epochs=1)
+    os.remove(tmp_path / "m-last.th")
+    proc = train(synthetic_dataset, tmp_path, "--resume", epochs=2)
+    assert f"resuming {tmp_path / 'm.th'} at epoch 1" in proc.stdout
+    a = read_checkpoint(str(trained_checkpoint / "m-last.th"))
+    b = read_checkpoint(str(tmp_path / "m-last.th"))
+    assert a["epoch"] == b["epoch"] == 1 and all(torch.equal(a["net"][k], b["net"][k]) for k in a["net"])
+    assert [json.loads(x)["epoch"] for x in open(tmp_path / "m.log.jsonl")] == [0, 1]
+    # a best that is not the log's last epoch continues nothing: one line saying what to do
+    os.remove(tmp_path / "m-last.th")
+    with open(tmp_path / "m.log.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 2, "loss": 1.0}) + "\n")
+    proc = train(synthetic_dataset, tmp_path, "--resume", epochs=3, check=False)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and err[0].endswith("start the run without --resume"), proc.stderr
+
+
 def test_evaluating_does_not_change_the_training(synthetic_dataset, trained_checkpoint, tmp_path):
     # the same 2 epochs, evaluated after the last only (the fixture evaluates after each): evaluation
     # draws nothing from the global RNG, so augmentation and the weights are the same to the bit
