@@ -104,7 +104,8 @@ def test_sort_dataset_builds_pool_idempotently(synthetic_dataset, tmp_path):
     shutil.copytree(synthetic_dataset, data)
     first = run("sort_dataset.py", str(data))
     second = run("sort_dataset.py", str(data))
-    assert "(0 new)" in second.stdout and "(0 new)" not in first.stdout.split("train")[1].splitlines()[0]
+    nothing = "(0 new, 0 replaced, 0 removed)"
+    assert nothing in second.stdout and nothing not in first.stdout.split("train")[1].splitlines()[0]
     from reid.data import load_dataset
     ds = load_dataset(str(data))
     pool = data / "sorted" / "train"
