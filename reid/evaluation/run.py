@@ -64,6 +64,8 @@ def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device
                                      max_iter=opts.max_iter, generator=generator, device=device,
                                      weighting=opts.guide_weights, norm=opts.norm,
                                      on_batch=chain(saver, pictures, transfer))
+        if saver is not None:  # every image saved: the folder loses its .partial
+            saver.finish()
         adv = {"gallery_feats" if opts.gallery else "query_feats": adv_feats}
         metrics, values = split_metrics(query, gallery, metric, per_query=True, **adv)
         runs.append(metrics)
