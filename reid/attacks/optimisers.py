@@ -44,6 +44,11 @@ from ._compat import (GradientAttack, GradientSignAttack, LinfPGDAttack, Momentu
 # Below this, a gradient counts as zero (advertorch's normalize_by_pnorm uses the same floor).
 _TINY = 1e-6
 
+# The optimisers that draw nothing at random (a random start is the plan's ``rand_start``): an
+# attack on one of them with no random start or guide is the same every run. One not listed
+# counts as random (``-n`` runs it every time).
+DETERMINISTIC = frozenset({"fgsm", "pgd", "momentum"})
+
 
 @dataclass(frozen=True)
 class Optimiser:
