@@ -211,3 +211,31 @@ def test_training_that_cannot_learn_is_refused(tmp_path):
     assert proc.returncode == 2 and "1 training identity; re-ID training needs at least 2" in proc.stderr
     proc = run("train.py", root, "--triplet", "--id_batch", "-b", "4", "-ni", "4", check=False)
     assert proc.returncode == 2 and "-b 4 -ni 4: one identity per batch" in proc.stderr
+
+
+def test_a_ctrl_c_swallowed_in_a_del_still_stops_the_run(capsys):
+    """A Ctrl-C that lands in a __del__ (a DataLoader iterator joining its workers) or an at-fork
+    callback (a DataLoader starting them) is ignored there by Python; cli_main raises it again
+    in the run, which stops with exit code 130 instead of going on to the end."""
+    import signal
+    import time
+
+    from reid.runtime import cli_main
+
+    class JoiningWorkers:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)   # Ctrl-C while __del__ runs
+            sum(range(10))                       # the handler runs here, inside __del__
+
+    def run_on():
+        JoiningWorkers()
+        for _ in range(500):                     # the rest of the run (5 s at most)
+            time.sleep(0.01)
+        return "finished"
+
+    with pytest.raises(SystemExit) as stop:
+        cli_main(run_on)
+    assert stop.value.code == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "interrupted" and "Exception ignored" not in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
