@@ -540,3 +540,13 @@ def test_unknown_name_in_list():
         with pytest.raises(ReidError, match="valid attacks"):
             resolve_attack_names(names)
     assert list(itertools.chain(resolve_attack_names("Fna_Pull"))) == ["FNA_pull"]
+
+
+def test_which_runs_draw_at_random():
+    """A plan says whether its run draws anything at random (what makes -n runs differ)."""
+    feats, pids = torch.randn(5, 8), torch.tensor([1, 1, 2, 2, 3])   # identity 3: one image
+    expected = {"FGSM": False, "IFGSM": False, "MIFGSM": False, "SMA": True, "ODFA": False, "FNA": False,
+                "FNA_pull": False, "FNA_rand": True}
+    assert {name: plan_attack(name, feats[:4], pids[:4]).random for name in expected} == expected
+    assert plan_attack("IFGSM", feats[:4], pids[:4], single=True).random   # a random one of the guides
+    assert plan_attack("IFGSM", feats, pids).random                        # identity 3 starts at random

@@ -68,6 +68,26 @@ def test_resume_continues_exactly(synthetic_dataset, trained_checkpoint, tmp_pat
     assert [json.loads(x)["epoch"] for x in open(resumed / "m.log.jsonl")] == [0]
 
 
+def test_resume_after_a_kill_in_the_first_last_write(synthetic_dataset, trained_checkpoint, tmp_path):
+    """Killed while writing epoch 0's -last (atomic: none is left, the best of epoch 0 was just
+    written): --resume continues from that best, exactly as the straight run."""
+    train(synthetic_dataset, tmp_path, epochs=1)
+    os.remove(tmp_path / "m-last.th")
+    proc = train(synthetic_dataset, tmp_path, "--resume", epochs=2)
+    assert f"resuming {tmp_path / 'm.th'} at epoch 1" in proc.stdout
+    a = read_checkpoint(str(trained_checkpoint / "m-last.th"))
+    b = read_checkpoint(str(tmp_path / "m-last.th"))
+    assert a["epoch"] == b["epoch"] == 1 and all(torch.equal(a["net"][k], b["net"][k]) for k in a["net"])
+    assert [json.loads(x)["epoch"] for x in open(tmp_path / "m.log.jsonl")] == [0, 1]
+    # a best that is not the log's last epoch continues nothing: one line saying what to do
+    os.remove(tmp_path / "m-last.th")
+    with open(tmp_path / "m.log.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 2, "loss": 1.0}) + "\n")
+    proc = train(synthetic_dataset, tmp_path, "--resume", epochs=3, check=False)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and err[0].endswith("start the run without --resume"), proc.stderr
+
+
 def test_evaluating_does_not_change_the_training(synthetic_dataset, trained_checkpoint, tmp_path):
     # the same 2 epochs, evaluated after the last only (the fixture evaluates after each): evaluation
     # draws nothing from the global RNG, so augmentation and the weights are the same to the bit
@@ -84,7 +104,8 @@ def test_sort_dataset_builds_pool_idempotently(synthetic_dataset, tmp_path):
     shutil.copytree(synthetic_dataset, data)
     first = run("sort_dataset.py", str(data))
     second = run("sort_dataset.py", str(data))
-    assert "(0 new)" in second.stdout and "(0 new)" not in first.stdout.split("train")[1].splitlines()[0]
+    nothing = "(0 new, 0 replaced, 0 removed)"
+    assert nothing in second.stdout and nothing not in first.stdout.split("train")[1].splitlines()[0]
     from reid.data import load_dataset
     ds = load_dataset(str(data))
     pool = data / "sorted" / "train"
@@ -190,3 +211,31 @@ def test_training_that_cannot_learn_is_refused(tmp_path):
     assert proc.returncode == 2 and "1 training identity; re-ID training needs at least 2" in proc.stderr
     proc = run("train.py", root, "--triplet", "--id_batch", "-b", "4", "-ni", "4", check=False)
     assert proc.returncode == 2 and "-b 4 -ni 4: one identity per batch" in proc.stderr
+
+
+def test_a_ctrl_c_swallowed_in_a_del_still_stops_the_run(capsys):
+    """A Ctrl-C that lands in a __del__ (a DataLoader iterator joining its workers) or an at-fork
+    callback (a DataLoader starting them) is ignored there by Python; cli_main raises it again
+    in the run, which stops with exit code 130 instead of going on to the end."""
+    import signal
+    import time
+
+    from reid.runtime import cli_main
+
+    class JoiningWorkers:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)   # Ctrl-C while __del__ runs
+            sum(range(10))                       # the handler runs here, inside __del__
+
+    def run_on():
+        JoiningWorkers()
+        for _ in range(500):                     # the rest of the run (5 s at most)
+            time.sleep(0.01)
+        return "finished"
+
+    with pytest.raises(SystemExit) as stop:
+        cli_main(run_on)
+    assert stop.value.code == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "interrupted" and "Exception ignored" not in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back

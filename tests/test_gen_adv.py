@@ -221,3 +221,17 @@ def test_l2_attacks_images_and_worst_over_runs(trained_checkpoint, synthetic_dat
         clean = (tf(read_image(sample.path)).permute(1, 2, 0).numpy().astype(np.float64) * 255).round()
         largest = max(largest, np.sqrt(((adv - clean) ** 2).sum()))
     assert 0 < largest <= 0.3 * 255  # the 8-bit files keep the radius
+
+
+def test_an_attack_that_draws_nothing_at_random_runs_once(trained_checkpoint, synthetic_dataset, tmp_path, capsys):
+    """-n 2: IFGSM (no random start or guide here) would repeat itself, so it runs once, with a
+    note and a mark in results.json; SMA (random start) runs twice."""
+    import gen_adv
+    results = gen_adv.main([str(trained_checkpoint), synthetic_dataset, "m.th", "-a", "IFGSM", "SMA", "-n", "2",
+                            "--eps", "2", "--max_iter", "2", "--device", "cpu", "--workers", "0", "--out",
+                            str(tmp_path)])
+    ifgsm, sma = results["attacks"]["IFGSM"], results["attacks"]["SMA"]
+    assert len(ifgsm["runs"]) == 1 and ifgsm["deterministic"] is True
+    assert len(sma["runs"]) == 2 and "deterministic" not in sma
+    assert "note: IFGSM draws nothing at random here" in capsys.readouterr().out
+    assert results["worst"]["candidates"] == ["IFGSM run 0", "SMA run 0", "SMA run 1"]

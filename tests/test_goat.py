@@ -92,23 +92,38 @@ def _train_goat(dataset, ckpt_dir, *extra, epochs=1, check=True):
     ("remove", "does not exist"),
     ("drop_image", "does not hold this identity's training images"),
     ("extra_identity", "is not a training identity"),
+    ("stale_image", "does not hold this identity's training images"),
+    ("replaced_image", "is out of date"),
 ])
 def test_missing_or_wrong_pool_is_a_one_line_error(sorted_dataset, tmp_path, damage, needle):
+    """Each error names sort_dataset.py, and running it fixes what the error reported."""
     root = tmp_path / "market"
     shutil.copytree(sorted_dataset, root)
     pool = root / "sorted" / "train"
     first = sorted(os.listdir(pool))[0]
+    image = sorted(os.listdir(pool / first))[0]
     if damage == "remove":
         shutil.rmtree(root / "sorted")
     elif damage == "drop_image":
-        os.remove(pool / first / sorted(os.listdir(pool / first))[0])
-    else:
+        os.remove(pool / first / image)
+    elif damage == "extra_identity":
         shutil.copytree(pool / first, pool / "9999")
+    elif damage == "stale_image":  # an image the dataset no longer holds
+        shutil.copy(pool / first / image, pool / first / "0000_c1s1_999999_01.jpg")
+    else:  # the dataset's image replaced by another file: the pool still holds the old one
+        other = sorted(os.listdir(pool / sorted(os.listdir(pool))[1]))[0]
+        shutil.copy(root / "bounding_box_train" / other, tmp_path / "new.jpg")
+        os.replace(tmp_path / "new.jpg", root / "bounding_box_train" / image)
     proc = _train_goat(root, tmp_path / "ckpt", "--push", check=False)
     err = proc.stderr.strip()
     assert proc.returncode == 2 and "Traceback" not in err and len(err.splitlines()) == 1
     assert needle in err and f"sort_dataset.py {root}" in err
     assert not (tmp_path / "ckpt").exists()
+    fixed = run_cli("sort_dataset.py", root)
+    assert "(0 new, 0 replaced, 0 removed)" not in fixed.stdout.split("train")[1].splitlines()[0]
+    GuidePool.from_dataset(load_dataset(str(root)), num_guides=2)  # the pool follows the dataset again
+    if damage == "replaced_image":
+        assert (pool / first / image).read_bytes() == (root / "bounding_box_train" / image).read_bytes()
 
 
 # ----------------------------------------------------------------------------- guide weights

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import shutil
 
 import pytest
 import torch
@@ -232,7 +233,8 @@ def test_train_unwritable_checkpoint_places(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["m-last.th", "taken"]
 
 
-def test_sort_dataset_pool_in_the_way(tiny_market):
+def test_sort_dataset_pool_in_the_way(tiny_market, monkeypatch):
+    import reid.data.pool as pool
     from reid.data import sort_dataset
     with open(os.path.join(tiny_market, "sorted"), "w") as f:
         f.write("x")
@@ -242,7 +244,15 @@ def test_sort_dataset_pool_in_the_way(tiny_market):
     os.makedirs(os.path.join(tiny_market, "sorted", "train"))
     with open(os.path.join(tiny_market, "sorted", "train", "0003"), "w") as f:  # an identity's folder
         f.write("x")
-    with pytest.raises(ReidError, match=r"^cannot write .*sorted/train/0003/0003_c1s1_000002_01.jpg: "):
+    sort_dataset(tiny_market)  # the pool follows the dataset: the file gives way to the folder
+    assert os.path.isdir(os.path.join(tiny_market, "sorted", "train", "0003"))
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    shutil.rmtree(os.path.join(tiny_market, "sorted", "train", "0003"))
+    monkeypatch.setattr(pool, "link_or_copy", full)
+    with pytest.raises(ReidError, match=r"^cannot write .*sorted/train/0003/0003_c1s1_000002_01.jpg: No space left"):
         sort_dataset(tiny_market)
 
 

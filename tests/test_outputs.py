@@ -2,8 +2,10 @@
 unfinished results.json marked as such (issue 19, part 2)."""
 
 import json
+import os
 
 import pytest
+import torch
 
 import reid.evaluation.run
 from reid.evaluation import default_out
@@ -105,3 +107,49 @@ def test_two_runs_on_one_checkpoint_name_or_out_folder(trained_checkpoint, synth
     (out / ".reid-run.lock").write_text("")  # torn by a kill
     gen_adv.main([str(trained_checkpoint), synthetic_dataset, "m.th", *COMMON, "--out", str(out)])
     assert sorted(p.name for p in out.iterdir()) == ["results.json"]
+
+
+def _save_all(out, data, split_name, layout_tf=(64, 32)):
+    """ImageSaver over every image of one split of `data`, as attack_split would call it."""
+    from reid.data import build_transforms, read_image
+    from reid.evaluation.outputs import ImageSaver
+    from reid.evaluation.splits import Split
+    samples = getattr(data, split_name)
+    split = Split(split_name, None, None, None, samples)
+    saver = ImageSaver(str(out), "FNA", split, data, eps=5)
+    tf = build_transforms(*layout_tf)
+    clean = torch.stack([tf(read_image(s.path)) for s in samples])
+    saver(clean, (clean + 4 / 255).clamp(0, 1), torch.arange(len(samples)), torch.ones(len(samples), dtype=torch.bool))
+    return saver
+
+
+def test_saved_images_are_partial_until_finished(tiny_market, tmp_path):
+    """--save-images writes images/<NAME>.partial/ and renames it once every image is saved."""
+    from reid.data import load_dataset
+    data = load_dataset(tiny_market)
+    saver = _save_all(tmp_path, data, "query")
+    assert sorted(os.listdir(tmp_path / "images")) == ["FNA.partial"]  # a kill here leaves no "FNA" folder
+    saver.finish()
+    assert sorted(os.listdir(tmp_path / "images")) == ["FNA"]
+    saved = load_dataset(str(tmp_path / "images" / "FNA"))
+    assert [(s.pid, s.camid) for s in saved.query] == [(s.pid, s.camid) for s in data.query]
+
+
+@pytest.mark.parametrize("split", ["query", "gallery"])
+def test_openreid_saved_images_load_as_a_dataset(tmp_path, split):
+    """An open-reid dataset's --save-images folder loads back with the same ids and cameras."""
+    from reid.data import load_dataset
+    from reid.data.synthetic import generate
+    root = tmp_path / "personx"
+    generate(str(root), ids=4, cams=3, seed=0, height=64, width=32, distractors=2, layout="openreid")
+    data = load_dataset(str(root), "openreid")
+    _save_all(tmp_path, data, split).finish()
+    saved = load_dataset(str(tmp_path / "images" / "FNA"), "openreid")
+    for name in ("train", "query", "gallery"):
+        assert [(s.pid, s.camid) for s in getattr(saved, name)] == [(s.pid, s.camid) for s in getattr(data, name)]
+    assert saved.train_pids == data.train_pids
+    attacked = getattr(saved, split)
+    assert all(s.path.endswith(".png") and os.path.dirname(s.path) == str(tmp_path / "images" / "FNA" / "images")
+               for s in attacked)
+    other = saved.gallery if split == "query" else saved.query
+    assert all(os.path.samefile(a.path, b.path) for a, b in zip(other, data.gallery if split == "query" else data.query))

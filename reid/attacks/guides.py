@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .loss import GuidedLoss, pack_bank_guides
+from .optimisers import OPTIMISERS
 
 PUSH_RULES = ("others", "self")
 WEIGHTINGS = ("reference", "mean")
@@ -93,6 +94,14 @@ class AttackPlan(PlanBase):
     def iterations(self, max_iter):
         """Forward/backward passes per attacked image."""
         return self.spec.iterations(max_iter)
+
+    @property
+    def random(self):
+        """Whether a run draws anything at random: a random start (SMA, or an image whose identity
+        has no other image), a random guide (``single``, ``random_centroid``), the optimiser (Square's
+        windows; a random start is the plan's ``rand_start``, the optimisers' start point)."""
+        return (bool((self.rand_start & self.attacked).any()) or self.single or self.spec.pull == "random_centroid"
+                or OPTIMISERS[self.spec.optimiser].random)
 
     def guides(self, rows):
         """Guides (B, K, D) and weights (B, K) of the images at ``rows``."""

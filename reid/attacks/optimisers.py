@@ -33,8 +33,8 @@ perturbation instead:
                 perturbation is exactly 0 (a value the gradient never reaches).
 """
 
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch

@@ -14,6 +14,7 @@ import torch
 
 from .guides import PlanBase
 from .loss import RankingLoss
+from .optimisers import OPTIMISERS
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,11 @@ class RankingPlan(PlanBase):
 
     def iterations(self, max_iter):
         return self.spec.iterations(max_iter)
+
+    @property
+    def random(self):
+        """Whether a run draws anything at random: only the optimiser's (Square's windows)."""
+        return OPTIMISERS[self.spec.optimiser].random
 
     def objective(self, rows):
         """(loss_fn, target) of the images at ``rows``: the ranking loss and their rows."""

@@ -275,6 +275,11 @@ class AdditivePlan(PlanBase):
     def iterations(self, max_iter):
         return 0
 
+    @property
+    def random(self):
+        """Noise is drawn anew each run; a delta is the same."""
+        return self.delta is None
+
     def apply(self, images, rows):
         """The perturbed version of ``images`` (B, 3, H, W), the attacked set's rows ``rows``."""
         if self.delta is not None:

@@ -2,7 +2,8 @@
 
 GOAT samples its pushing guides per identity from sorted/train (ImageFolder
 layout). Files are hard links by default (no extra disk space), falling back to
-copies across file systems. Running it again only adds what is missing.
+copies across file systems. Running it again brings the pool up to date with the
+dataset: what is missing is added, a replaced image placed again, what is gone removed.
 """
 
 import argparse
@@ -20,8 +21,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     out_root, counts = sort_dataset(args.dataset_folder, args.dataset, args.mode)
     print(f"guide pool in {out_root}")
-    for split, (ids, images, added) in counts.items():
-        print(f"  {split:<8} {ids:>6} identities {images:>8} images ({added} new)")
+    for split, (ids, images, added, replaced, removed) in counts.items():
+        print(f"  {split:<8} {ids:>6} identities {images:>8} images ({added} new, {replaced} replaced, "
+              f"{removed} removed)")
 
 
 def run():

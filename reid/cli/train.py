@@ -26,7 +26,8 @@ from reid.models import (ARCH_NAMES, DEFAULT_ARCH, build_model, check_arch, chec
                          pretrained_weights_path, rng_state, save_checkpoint, set_rng_state)
 from reid.runtime import (MAX_SEED, ReidError, amp, check_input_dir, check_number, check_writable_dir, cli_main,
                           distributed, run_lock, seed_everything)
-from reid.training import Objective, append_jsonl, check_log, keep_log_epochs, lr_schedule, train_epoch
+from reid.training import (Objective, append_jsonl, check_log, keep_log_epochs, lr_schedule, resume_point,
+                           train_epoch)
 
 
 def parse_args(argv=None):
@@ -233,15 +234,14 @@ def train_run(args, device, best_path, last_path, log_path):
 
     start_epoch, best_map = 0, -1.0
     if args.resume:
-        if not os.path.isfile(last_path):
-            raise ReidError(f"--resume: no checkpoint {last_path} to continue from")
-        model, ckpt = load_model(last_path, args.kind, args.embedding_size if args.kind == "triplet" else None,
+        source = resume_point(last_path, best_path, log_path)  # -last, or a first epoch's best
+        model, ckpt = load_model(source, args.kind, args.embedding_size if args.kind == "triplet" else None,
                                  arch=args.arch)
-        check_input_size(model, (args.height, args.width), last_path)
+        check_input_size(model, (args.height, args.width), source)
         if model.num_classes not in (None, data.num_train_pids):
-            raise ReidError(f"{last_path} was trained on {model.num_classes} identities, "
+            raise ReidError(f"{source} was trained on {model.num_classes} identities, "
                             f"{args.dataset_folder} has {data.num_train_pids}")
-        check_resumed_run(args, ckpt, last_path, data)
+        check_resumed_run(args, ckpt, source, data)
         if distributed.is_main():
             check_log(log_path)  # a bad line stops the run now, not after an epoch
         saved = ckpt.get("goat", goat_state)
@@ -250,12 +250,12 @@ def train_run(args, device, best_path, last_path, log_path):
         if saved is not None and "norm" not in saved:  # written before --adv-norm existed: L-inf
             saved = {**saved, "norm": "linf"}
         if saved != goat_state:
-            raise ReidError(f"--resume: {last_path} was trained with GOAT settings {saved}, "
+            raise ReidError(f"--resume: {source} was trained with GOAT settings {saved}, "
                             f"the flags given ask for {goat_state}")
         wanted = defence.config.settings() if defence else None
         record = ckpt["uap_adv"] if "uap_adv" in ckpt else None if "goat" in ckpt else wanted  # "goat": ours
         if saved_settings(record) != wanted:
-            raise ReidError(f"--resume: {last_path} was trained with --uap-adv settings {saved_settings(record)}, "
+            raise ReidError(f"--resume: {source} was trained with --uap-adv settings {saved_settings(record)}, "
                             f"the flags given ask for {wanted}")
         if defence is not None and record is not None:
             defence.load_state(record)
@@ -281,9 +281,9 @@ def train_run(args, device, best_path, last_path, log_path):
                 scheduler.step()
         if "rng" in ckpt:
             set_rng_state(distributed.own_rng_state(ckpt))
-        print(f"resuming {last_path} at epoch {start_epoch} (best mAP so far {best_map:.4f})")
+        print(f"resuming {source} at epoch {start_epoch} (best mAP so far {best_map:.4f})")
         if start_epoch >= args.n_epoch:
-            print(f"note: {last_path} has already done its {start_epoch} epochs; raise -n to train further")
+            print(f"note: {source} has already done its {start_epoch} epochs; raise -n to train further")
     elif os.path.exists(last_path):
         print(f"note: {last_path} exists and will be overwritten (use --resume to continue it)")
 
@@ -334,11 +334,13 @@ def train_run(args, device, best_path, last_path, log_path):
         if new_best:
             best_map = current_map
             record["saved_best"] = True
-        if epoch == start_epoch:  # the log continues the checkpoint: a fresh run starts an empty one
+        if epoch == start_epoch:  # the log continues the checkpoint: a fresh run starts an empty one,
+            if not args.resume and os.path.exists(last_path):  # with no -last of another run beside it
+                os.remove(last_path)
             keep_log_epochs(log_path, epoch)
         append_jsonl(log_path, record)  # before the checkpoints: a stop in between, --resume redoes the epoch
         if new_best:
-            save_checkpoint(best_path, model, current_map, epoch, optimizer, best_map=best_map, **extra)
+            save_checkpoint(best_path, model, current_map, epoch, optimizer, best_map=best_map, **rng, **extra)
         save_checkpoint(last_path, model, current_map, epoch, optimizer, best_map=best_map, **rng, **extra)
     best = f"best mAP {best_map:.4f} -> {best_path}" if os.path.isfile(best_path) else "no best checkpoint yet"
     print(f"{best}; last -> {last_path}; log -> {log_path}")

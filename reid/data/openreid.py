@@ -26,9 +26,10 @@ come from the file names, which must agree with their place in `identities`.
 import json
 import os
 import re
+import shutil
 
 from reid.data.samples import IMAGE_EXTENSIONS, ReidDataset, Sample, relabel
-from reid.runtime import ReidError
+from reid.runtime import ReidError, link_or_copy
 
 # open-reid: 00000042_01_0003.jpg (pid, 0-based camera, index within pid and camera)
 OPENREID_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)\.\w+$")
@@ -190,3 +191,29 @@ class _OpenReidReader:
 # The open-reid datasets of MetaAttack; `openreid` looks for any of their usual folder names.
 OPENREID_FOLDERS = {"personx": ("personx", "PersonX"), "unreal": ("unreal", "UnrealPerson", "unrealperson"),
                     "randperson": ("randperson", "RandPerson")}
+OPENREID_NAMES = ("openreid", *OPENREID_FOLDERS)  # the --dataset names of this layout
+
+
+def write_openreid_like(data, root, split, names):
+    """Make `root` an open-reid dataset of `data` (read from an open-reid folder) whose `split`
+    ("query" or "gallery") is the files `names` (one per sample, in order) that the caller writes
+    into root/images (`--save-images`). The other images are linked from the dataset, meta.json
+    is copied and splits.json's split 0 keeps its trainval and lists query and gallery by file
+    name (explicit lists), so `load_dataset(root, "openreid")` gives the same ids and cameras."""
+    source, images = os.path.join(data.root, "images"), os.path.join(root, "images")
+    os.makedirs(images, exist_ok=True)
+    replaced = {os.path.relpath(s.path, source) for s in getattr(data, split)}
+    for dirpath, _, files in os.walk(source):
+        for fname in files:
+            rel = os.path.relpath(os.path.join(dirpath, fname), source)
+            dst = os.path.join(images, rel)
+            if rel not in replaced and not os.path.lexists(dst):
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                link_or_copy(os.path.join(source, rel), dst)
+    lists = {k: [os.path.relpath(s.path, source) for s in getattr(data, k)] for k in ("query", "gallery")}
+    lists[split] = list(names)
+    with open(os.path.join(data.root, "splits.json"), encoding="utf-8") as f:
+        first = json.load(f)[0]
+    shutil.copyfile(os.path.join(data.root, "meta.json"), os.path.join(root, "meta.json"))
+    with open(os.path.join(root, "splits.json"), "w", encoding="utf-8") as f:
+        json.dump([{**first, **lists}], f)

@@ -30,6 +30,7 @@ from typing import List
 import torch
 
 from reid.attacks import DEFAULT_EPS, WEIGHTINGS, attack_mode, check_budget, pack_bank_guides, perturb, resolve_step
+from reid.data import same_image
 from reid.metrics import pairwise_distance
 from reid.runtime import ReidError
 
@@ -124,6 +125,10 @@ class GuidePool:
                         "does not hold this identity's training images")
                 raise ReidError(f"guide pool {root} is incomplete or from another dataset "
                                 f"(identity folder {folder} {what}): {fix}")
+        for path, label, _ in data.train:  # the same names, and the same images (`same_image`)
+            entry = os.path.join(root, f"{data.train_pids[label]:04d}", os.path.basename(path))
+            if not same_image(path, entry):
+                raise ReidError(f"guide pool {root} is out of date ({entry} is not the training image {path}): {fix}")
         paths_by_label = [sorted(os.path.join(root, f"{pid:04d}", name) for name in expected[f"{pid:04d}"])
                           for pid in data.train_pids]
         own = [[os.path.basename(p) for p in paths_by_label[label]].index(os.path.basename(path))

@@ -55,7 +55,7 @@ def attack_split(model, loader, target, name, *, guides=None, single=False, cosi
     stats = {"max_perturbation": distributed.all_max(largest) * (255.0 if norm == "linf" else 1.0),
              "attack_seconds": time.perf_counter() - start,
              "images_attacked": plan.num_attacked, "fallback_images": plan.num_fallback,
-             "iterations": plan.iterations(max_iter)}
+             "iterations": plan.iterations(max_iter), "random": plan.random}
     return adv_feats, stats
 
 

@@ -14,9 +14,11 @@ import torchvision
 from PIL import Image
 
 import reid
+from reid.data import OPENREID_NAMES, write_openreid_like
 from reid.runtime import atomic_path, distributed, link_or_copy
 
 DATASET_FOLDERS = {"query": "query", "gallery": "bounding_box_test", "train": "bounding_box_train"}
+PARTIAL = ".partial"  # the suffix of a --save-images folder still being written
 
 
 def versions():
@@ -81,19 +83,34 @@ class ImageSaver:
     L2, each value rounded towards zero, which can only shorten the perturbation. The
     saved file keeps |adv - clean| <= eps (L-inf) or ||adv - clean||_2 <= eps (L2) in the
     8-bit values a later reader sees.
-    The splits that were not attacked are linked from the dataset, so the folder
-    loads with `--dataset market` as it is. Under torchrun each process saves the images
-    it attacked, and rank 0 links the other splits.
+    The images that were not attacked are linked from the dataset, so the folder loads
+    as it is: Market / DukeMTMC-reID, the other splits' folders (`--dataset market`);
+    open-reid, every other image beside the PNGs in images/, meta.json, and a splits.json
+    that lists query and gallery by file name (`--dataset openreid`).
+    The folder is written as images/<attack>.partial/ and takes its name in `finish`, once
+    every image is saved: a killed run leaves a `.partial` folder, never one that looks
+    complete. Under torchrun each process saves the images it attacked, and rank 0 links
+    the others and renames the folder (after the attack's gather: every process is done).
     """
 
     def __init__(self, out, attack, split, data, eps, norm="linf"):
-        self.root = os.path.join(out, "images", attack)
-        self.folder = os.path.join(self.root, DATASET_FOLDERS[split.name])
+        self.final = os.path.join(out, "images", attack)
+        self.root = self.final + PARTIAL
         self.samples, self.budget, self.norm = split.samples, int(np.floor(eps + 1e-6)), norm
+        if data.name in OPENREID_NAMES:
+            self.folder = os.path.join(self.root, "images")
+            if distributed.is_main():
+                write_openreid_like(data, self.root, split.name, [self._name(s) for s in self.samples])
+        else:
+            self.folder = os.path.join(self.root, DATASET_FOLDERS[split.name])
         os.makedirs(self.folder, exist_ok=True)
         for other, folder in DATASET_FOLDERS.items():
             if other != split.name and data.name in ("market", "duke") and distributed.is_main():
                 self._link_originals(data.root, folder)
+
+    @staticmethod
+    def _name(sample):
+        return os.path.splitext(os.path.basename(sample.path))[0] + ".png"
 
     def _link_originals(self, dataset_root, folder):
         dst = os.path.join(self.root, folder)
@@ -110,5 +127,11 @@ class ImageSaver:
             delta = ((adv.double() - clean.double()) * 255).trunc().short()
         pixels = (base + delta).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         for img, i in zip(pixels, indices.tolist()):
-            stem = os.path.splitext(os.path.basename(self.samples[i].path))[0]
-            Image.fromarray(img).save(os.path.join(self.folder, stem + ".png"))
+            Image.fromarray(img).save(os.path.join(self.folder, self._name(self.samples[i])))
+
+    @distributed.main_only
+    def finish(self):
+        """Every image is saved: images/<attack>.partial/ becomes images/<attack>/."""
+        if os.path.lexists(self.final):
+            shutil.rmtree(self.final)
+        os.replace(self.root, self.final)

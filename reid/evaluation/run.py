@@ -51,8 +51,7 @@ def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device
     target, other = (gallery, query) if opts.gallery else (query, gallery)
     metric = "cosine" if opts.cosine else "euclidean"
     runs, stats, per_query = [], [], []
-    # A learned delta is the same in every run: one run; noise is redrawn per run.
-    for run in range(1 if name == "UAP" else opts.nb_repeat):
+    for run in range(opts.nb_repeat):  # a run that drew nothing at random (a delta, IFGSM...) is run once
         first = run == 0
         saver = ImageSaver(out, label, target, data, eps, opts.norm) if first and opts.save_images else None
         pictures = (Pictures(out, label, query, gallery, picked, transform, query_attacked=not opts.gallery)
@@ -70,6 +69,8 @@ def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device
                                      ranked_against=other if spec is not None and spec.uses_gallery else None,
                                      rank_k=opts.rank_k, restarts=restarts_of(spec, opts), eot=opts.eot,
                                      on_batch=chain(saver, pictures, transfer))
+        if saver is not None:  # every image saved: the folder loses its .partial
+            saver.finish()
         adv = {"gallery_feats" if opts.gallery else "query_feats": adv_feats}
         metrics, values = split_metrics(query, gallery, metric, per_query=True, **adv)
         runs.append(metrics)
@@ -86,12 +87,18 @@ def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device
             gf = adv.get("gallery_feats", gallery.feats)
             pictures.write(pairwise_distance(query.feats, gallery.feats, metric).cpu(),
                            pairwise_distance(qf, gf, metric).cpu())
+        random = st["random"] or restarts_of(spec, opts) > 1 or opts.eot > 1  # restarts, a random model: new draws
+        if not random and opts.nb_repeat > 1:
+            print(f"note: {label} draws nothing at random here, so its -n {opts.nb_repeat} runs would be the same: "
+                  "run once")
+            break
     entry = {**summarize_runs(runs), "runs": runs,
              "max_perturbation": max(s["max_perturbation"] for s in stats),
              "attack_seconds": float(np.mean([s["attack_seconds"] for s in stats])),
              "images_attacked": stats[0]["images_attacked"], "fallback_images": stats[0]["fallback_images"],
              "iterations": stats[0]["iterations"], "target": target.name, "eps": eps, "step": step,
-             **optimiser_record(spec, stats[0]["iterations"], opts)}
+             **optimiser_record(spec, stats[0]["iterations"], opts),
+             **({"deterministic": True} if len(runs) < opts.nb_repeat else {})}
     return entry, per_query
 
 

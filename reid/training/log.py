@@ -4,6 +4,7 @@ checkpoint it continues."""
 import json
 import os
 
+from reid.models import read_checkpoint
 from reid.runtime import ReidError, atomic_path
 
 
@@ -61,3 +62,23 @@ def keep_log_epochs(path, epochs):
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             f.writelines(line + "\n" for line in kept)
+
+
+def resume_point(last_path, best_path, log_path):
+    """The checkpoint ``--resume`` continues: `last_path`, or, where there is none, `best_path`
+    when it holds the last epoch the log records (a run stopped while writing its first
+    `-last`: the best of that epoch was written just before, with the same RNG state, so
+    the resume is as exact). Anything else is one line saying what to do."""
+    if os.path.isfile(last_path):
+        return last_path
+    nothing = f"--resume: no checkpoint {last_path} to continue from"
+    if not os.path.isfile(best_path):
+        raise ReidError(f"{nothing}; start the run without --resume")
+    records = [json.loads(line) for line in check_log(log_path) if _logged_epoch(line) is not None]
+    last = records[-1] if records else {}
+    ckpt = read_checkpoint(best_path)
+    if not (last.get("saved_best") and "rng" in ckpt and ckpt["epoch"] == last["epoch"]
+            and ckpt["map"] == last.get("mAP")):
+        raise ReidError(f"{nothing}, and {best_path} is not the checkpoint of the last epoch logged in {log_path}; "
+                        "start the run without --resume")
+    return best_path
