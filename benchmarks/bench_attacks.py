@@ -1,13 +1,15 @@
 """Speed of gen_adv's attack loop against the bound T x (forward + backward).
 
 In one run, on one model, batch size and input size: times one forward + backward
-pass with respect to the input (the unit cost of an iteration), then gen_adv's attack
-loop (`reid.evaluation.attack_loop.attack_split`: guide selection, T advertorch iterations per batch,
-adversarial features, bookkeeping) for several attacks, and reports
+pass with respect to the input (the unit cost of an iteration) and one forward pass,
+then gen_adv's attack loop (`reid.evaluation.attack_loop.attack_split`: guide selection, T
+iterations per batch, adversarial features, bookkeeping) for several attacks, and reports
 
-    efficiency = n_batches * T * t(forward + backward) / t(attack loop)
+    efficiency = n_batches * T * K * t(forward + backward) / t(attack loop)
 
-(1.0 = the attack costs nothing beyond its gradient passes; the target is >= 0.9).
+for the gradient attacks (PGD rows, APGD rows, with --eot K: K passes per step), and
+n_batches * Q * t(forward) / t(attack loop) for the gradient-free Square rows (Q = --queries)
+(1.0 = the attack costs nothing beyond its passes; the target is >= 0.9).
 Images are served from memory so that data loading, which gen_adv overlaps with
 workers, does not blur the figure.
 
@@ -29,6 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from reid.attacks import ATTACKS  # noqa: E402
 from reid.evaluation.attack_loop import attack_split  # noqa: E402
 from reid.evaluation.splits import Split  # noqa: E402
 from reid.models.backbones import ReidNet  # noqa: E402
@@ -53,6 +56,19 @@ def forward_backward_seconds(model, images, device, repeats):
         times.append(time.perf_counter() - t)
     for p in model.parameters():
         p.requires_grad_(True)
+    return statistics.median(times[1:])
+
+
+def forward_seconds(model, images, device, repeats):
+    """Median time of one no-grad forward pass (the unit cost of a query)."""
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            sync(device)
+            t = time.perf_counter()
+            model(images)
+            sync(device)
+            times.append(time.perf_counter() - t)
     return statistics.median(times[1:])
 
 
@@ -85,7 +101,10 @@ def main():
     p.add_argument("--images", type=int, default=128, help="size of the attacked set")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--iters", type=int, default=10, help="T")
-    p.add_argument("--attacks", nargs="+", default=["IFGSM", "SMA", "FNA"])
+    p.add_argument("--attacks", nargs="+", default=["IFGSM", "SMA", "FNA", "APGD_SMA", "APGD_FNA", "APGD_RANK",
+                                                     "SQUARE_FNA"])
+    p.add_argument("--queries", type=int, default=100, help="Q, the Square rows' queries per image")
+    p.add_argument("--eot", type=int, default=1, help="K, forward passes per gradient of the gradient attacks")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", default="benchmarks/bench_attacks.json")
@@ -104,27 +123,33 @@ def main():
     loader = [(x.to(device), a, b, idx) for x, a, b, idx in loader]
 
     fb = forward_backward_seconds(model, loader[0][0], device, args.repeats)
+    fwd = forward_seconds(model, loader[0][0], device, args.repeats)
     n_batches = len(loader)
     full = [b for b in loader if len(b[0]) == args.batch]
-    bound_per_batch = args.iters * fb
     results = {}
     for name in args.attacks:
+        spec = ATTACKS[name]
+        free = spec.gradient_free
+        iters, eot = (args.queries, 1) if free else (args.iters, args.eot)
+        options = dict(ranked_against=split if spec.uses_gallery else None, eot=eot, device=device)
         gen = torch.Generator().manual_seed(0)
-        attack_split(model, full[:1], split, name, max_iter=1, generator=gen, device=device)  # warm-up
+        attack_split(model, full[:1], split, name, max_iter=2, generator=gen, **options)  # warm-up
         sync(device)
         t = time.perf_counter()
-        _, stats = attack_split(model, loader, split, name, eps=5, step=1, max_iter=args.iters,
-                                generator=gen, device=device)
+        _, stats = attack_split(model, loader, split, name, eps=5, step=1, max_iter=iters, generator=gen, **options)
         sync(device)
         seconds = time.perf_counter() - t
-        bound = bound_per_batch * n_batches * (args.images / (n_batches * args.batch))
+        unit = fwd if free else fb * eot
+        bound = iters * unit * n_batches * (args.images / (n_batches * args.batch))
         results[name] = {"attack_seconds": seconds, "bound_seconds": bound, "efficiency": bound / seconds,
+                         "bound": f"{'queries' if free else 'iterations'} {iters} x t({'forward' if free else 'forward+backward'})"
+                                  f"{f' x eot {eot}' if eot > 1 else ''}",
                          "max_perturbation": stats["max_perturbation"]}
-        print(f"{name:<8} attack {seconds:8.3f} s   bound {bound:8.3f} s   efficiency {bound / seconds:.3f}")
+        print(f"{name:<11} attack {seconds:8.3f} s   bound {bound:8.3f} s   efficiency {bound / seconds:.3f}")
     report = {
         "benchmark": "attack loop vs T x (forward + backward)",
         "config": {k: v for k, v in vars(args).items() if k != "out"},
-        "forward_backward_seconds": fb,
+        "forward_backward_seconds": fb, "forward_seconds": fwd,
         "attacks": results,
         "machine": machine_info(device),
     }

@@ -45,6 +45,11 @@ def main():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eps", type=float, nargs="+", default=[2.0, 5.0, 8.0])
     p.add_argument("--max-iter", type=int, default=15, help="gradient passes of PGD and APGD in the comparison")
+    p.add_argument("--defence-iter", type=int, default=100, help="APGD's passes in the input-defence table")
+    p.add_argument("--defence-queries", type=int, default=1000, help="Square's queries in the input-defence table")
+    p.add_argument("--defences", nargs="+", default=list(DEFENCES), help="input defences of the table")
+    p.add_argument("--no-standard", nargs="*", default=[], metavar="DEFENCE",
+                   help="input defences whose row skips -a standard (it costs the most)")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "reliable_eval_synthetic.json"))
@@ -83,19 +88,21 @@ def main():
     record = {"config": vars(args), "defences": {}, "pgd_apgd": {}, "suite": {}}
     for eps in args.eps:
         key = f"{eps:g}"
-        for defence in DEFENCES if "clean" in args.models else ():
+        apgd = ["-a", "APGD_FNA", "--max_iter", args.defence_iter]
+        for defence in args.defences if "clean" in args.models else ():
             tag = defence.replace(":", "")
             flags = [] if defence == "none" else ["--input-defence", defence]
-            cell = {"paper": evaluate("clean", f"{tag}-paper", eps, "-a", "all", *flags),
-                    "apgd": evaluate("clean", f"{tag}-apgd", eps, "-a", "APGD_FNA", "--max_iter", 100, *flags),
-                    "square": evaluate("clean", f"{tag}-square", eps, "-a", "SQUARE_RANK", *flags),
-                    "standard": evaluate("clean", f"{tag}-standard", eps, "-a", "standard", *flags)}
+            cell = {"paper": evaluate("clean", f"{tag}-paper", eps, "-a", "all", *flags)}
+            if defence != "none":
+                cell["apgd"] = evaluate("clean", f"{tag}-apgd{args.defence_iter}", eps, *apgd, *flags)
             if defence.startswith(("bitdepth", "jpeg")):
-                cell["bpda"] = evaluate("clean", f"{tag}-bpda", eps, "-a", "APGD_FNA", "--max_iter", 100, "--bpda",
-                                        *flags)
+                cell["bpda"] = evaluate("clean", f"{tag}-bpda{args.defence_iter}", eps, *apgd, "--bpda", *flags)
             if defence.startswith("resize-pad"):
-                cell["eot"] = evaluate("clean", f"{tag}-eot", eps, "-a", "APGD_FNA", "--max_iter", 100, "--eot", 4,
-                                       *flags)
+                cell["eot"] = evaluate("clean", f"{tag}-eot{args.defence_iter}", eps, *apgd, "--eot", 4, *flags)
+            cell["square"] = evaluate("clean", f"{tag}-square{args.defence_queries}", eps, "-a", "SQUARE_RANK",
+                                      "--queries", args.defence_queries, *flags)
+            if defence not in args.no_standard:
+                cell["standard"] = evaluate("clean", f"{tag}-standard", eps, "-a", "standard", *flags)
             record["defences"].setdefault(defence, {})[key] = cell
             save(record, args.out, start)
         for model in [m for m in ("clean", "goat") if m in args.models]:
@@ -126,9 +133,11 @@ def markdown(record):
     lines = []
     eps_list = [f"{e:g}" for e in record["config"]["eps"]]
     if record["defences"]:
-        lines += ["Input defences on the clean model, mAP % (paper: the per-query worst case of -a all; APGD, "
-                  "BPDA and EOT: APGD_FNA at 100 passes; Square: SQUARE_RANK, 1000 queries; standard: its worst case; "
-                  "checks: the warnings of the paper run):", "",
+        cfg = record["config"]
+        lines += [f"Input defences on the clean model, mAP % (paper: the per-query worst case of -a all; APGD, "
+                  f"BPDA and EOT (--eot 4): APGD_FNA at {cfg['defence_iter']} passes; Square: SQUARE_RANK, "
+                  f"{cfg['defence_queries']} queries; standard: its worst case; checks: the warnings of every run "
+                  "of the row):", "",
                   "| defence | eps | clean | paper | APGD | BPDA-APGD | EOT-APGD | Square | standard | checks |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for defence, by_eps in record["defences"].items():
@@ -137,7 +146,7 @@ def markdown(record):
                 if not c:
                     continue
                 get = lambda k, row: pct(c[k]["rows"][row]) if k in c else "-"  # noqa: E731
-                checks = ", ".join(sorted({w["check"] for w in c["paper"]["warnings"]})) or "silent"
+                checks = ", ".join(sorted({w["check"] for run in c.values() for w in run["warnings"]})) or "silent"
                 lines.append(f"| {defence} | {e} | {pct(c['paper']['clean'])} | {get('paper', 'worst')} | "
                              f"{get('apgd', 'APGD_FNA')} | {get('bpda', 'APGD_FNA')} | {get('eot', 'APGD_FNA')} | "
                              f"{get('square', 'SQUARE_RANK')} | {get('standard', 'worst')} | {checks} |")

@@ -34,7 +34,7 @@ def test_gen_adv_clean_results_and_features(trained_checkpoint, synthetic_datase
     # stderr is a pipe, not a terminal: a few plain progress lines, no redrawn tqdm bars
     assert "\r" not in proc.stderr and len(proc.stderr.splitlines()) <= 8, proc.stderr
     results = json.load(open(out / "results.json"))
-    assert set(results) == {"config", "complete", "clean", "attacks"} and results["complete"] is True
+    assert set(results) == {"config", "complete", "clean", "attacks", "checks"} and results["complete"] is True
     assert set(results["clean"]) == METRIC_KEYS
     assert results["config"]["input_size"] == [64, 32]  # read from the checkpoint
     assert len(results["config"]["checkpoint_sha256"]) == 64

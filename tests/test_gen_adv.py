@@ -44,7 +44,8 @@ def test_every_attack_lowers_map(all_attacks):
 
 def test_results_schema(all_attacks):
     out, results, stdout = all_attacks
-    assert set(results) == {"config", "complete", "clean", "attacks", "worst"}  # worst: more than one attack ran
+    assert set(results) == {"config", "complete", "clean", "attacks", "worst", "checks"}  # worst: more than one ran
+    assert results["checks"]["warnings"] == [] and "zero_gradient" in results["checks"]["ran"]  # healthy: silent
     assert set(results["clean"]) == METRIC_KEYS
     config = results["config"]
     assert config["seed"] == 0 and len(config["checkpoint_sha256"]) == 64 and "torch" in config["versions"]

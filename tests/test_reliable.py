@@ -299,3 +299,26 @@ def test_gen_adv_records_optimisers_queries_and_checks(trained_checkpoint, synth
     assert attacks["SQUARE_RANK"]["gradient_free"] and attacks["SQUARE_RANK"]["queries"]["mean"] == 40
     assert results["checks"]["ran"] and isinstance(results["checks"]["warnings"], list)
     assert results["attacks"]["APGD_RANK"]["mean"]["mAP"] < results["clean"]["mAP"]
+
+
+def test_the_report_prints_the_checks_of_an_old_results_file(tmp_path, capsys):
+    """python -m reid.report runs the file checks on a results.json written before the checks
+    existed (no "checks" entry), and prints the model checks a newer file stored."""
+    from reid.evaluation import report
+
+    def metrics(m):
+        return {"mAP": m, "rank1": m, "rank5": m, "rank10": m, "mINP": m}
+
+    old = {"config": {"norm": "linf", "eps": [2, 8]}, "clean": metrics(0.6),
+           "attacks": {"FNA": {"by_eps": [{"eps": 2, "mean": metrics(0.2)}, {"eps": 8, "mean": metrics(0.4)}]}}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(old))
+    report.main([str(path)])
+    out = capsys.readouterr().out
+    assert "check eps_not_monotone: FNA: mAP rises from 20.00 at eps 2 to 40.00 at eps 8" in out
+    stored = {**old, "attacks": {"FNA": {"eps": 2, "mean": metrics(0.2)}},
+              "checks": {"ran": ["zero_gradient"], "warnings": [{"check": "zero_gradient", "message": "3 of 8 images"}]}}
+    path.write_text(json.dumps(stored))
+    report.main([str(path)])
+    out = capsys.readouterr().out
+    assert "check zero_gradient: 3 of 8 images" in out and "eps_not_monotone" not in out
