@@ -142,8 +142,8 @@ def main():
         unit = fwd if free else fb * eot
         bound = iters * unit * n_batches * (args.images / (n_batches * args.batch))
         results[name] = {"attack_seconds": seconds, "bound_seconds": bound, "efficiency": bound / seconds,
-                         "bound": f"{'queries' if free else 'iterations'} {iters} x t({'forward' if free else 'forward+backward'})"
-                                  f"{f' x eot {eot}' if eot > 1 else ''}",
+                         "bound": (f"queries {iters} x t(forward)" if free else
+                                   f"iterations {iters} x t(forward+backward){f' x eot {eot}' if eot > 1 else ''}"),
                          "max_perturbation": stats["max_perturbation"]}
         print(f"{name:<11} attack {seconds:8.3f} s   bound {bound:8.3f} s   efficiency {bound / seconds:.3f}")
     report = {

@@ -162,7 +162,8 @@ def markdown(record):
         lines.append("")
     if record["suite"]:
         lines += ["The standard suite's worst case against the papers' attacks' worst case, mAP %:", "",
-                  "| model | eps | clean | paper worst | standard worst | standard members |", "|---|---|---|---|---|---|"]
+                  "| model | eps | clean | paper worst | standard worst | standard members |",
+                  "|---|---|---|---|---|---|"]
         for model, by_eps in record["suite"].items():
             for e, c in by_eps.items():
                 members = ", ".join(f"{n} {pct(m)}" for n, m in c["standard"]["rows"].items() if n != "worst")

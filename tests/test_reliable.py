@@ -317,7 +317,8 @@ def test_the_report_prints_the_checks_of_an_old_results_file(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "check eps_not_monotone: FNA: mAP rises from 20.00 at eps 2 to 40.00 at eps 8" in out
     stored = {**old, "attacks": {"FNA": {"eps": 2, "mean": metrics(0.2)}},
-              "checks": {"ran": ["zero_gradient"], "warnings": [{"check": "zero_gradient", "message": "3 of 8 images"}]}}
+              "checks": {"ran": ["zero_gradient"],
+                         "warnings": [{"check": "zero_gradient", "message": "3 of 8 images"}]}}
     path.write_text(json.dumps(stored))
     report.main([str(path)])
     out = capsys.readouterr().out

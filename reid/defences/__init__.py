@@ -8,5 +8,6 @@ from reid.defences.inputs import INPUT_DEFENCES, RANDOM_DEFENCES, InputDefence, 
 from reid.defences.universal import (MetaObjective, UapDefence, check_defence_flags, defence_config, meta_batch_size,
                                      meta_seed, saved_settings)
 
-__all__ = ["INPUT_DEFENCES", "RANDOM_DEFENCES", "InputDefence", "parse_input_defence", "Goat", "GuidePool", "MetaObjective", "UapDefence", "check_defence_flags", "defence_config", "goat_config",
-           "meta_batch_size", "meta_seed", "saved_settings"]
+__all__ = ["INPUT_DEFENCES", "RANDOM_DEFENCES", "InputDefence", "parse_input_defence", "Goat", "GuidePool",
+           "MetaObjective", "UapDefence", "check_defence_flags", "defence_config", "goat_config", "meta_batch_size",
+           "meta_seed", "saved_settings"]

@@ -9,5 +9,5 @@ from reid.evaluation.options import OPTION_NAMES, Options, check_options, defaul
 from reid.evaluation.run import evaluate_robustness, run_evaluation
 from reid.evaluation.tables import format_metrics
 
-__all__ = ["OPTION_NAMES", "Options", "check_options", "default_out", "evaluate", "evaluate_robustness", "format_metrics",
-           "run_evaluation"]
+__all__ = ["OPTION_NAMES", "Options", "check_options", "default_out", "evaluate", "evaluate_robustness",
+           "format_metrics", "run_evaluation"]

@@ -19,7 +19,8 @@ def attack_split(model, loader, target, name, *, guides=None, single=False, cosi
     `AdditivePlan`). Guides come from `target` itself, or from the `guides` split
     (`--cross_attack`); the ranking-loss attacks rank `target` against the split `ranked_against`
     (its clean features; `rank_k`: see `RankingLoss`). `restarts`, `eot`: see `reid.attacks.core`.
-    `max_iter` is the query budget of a gradient-free attack. `on_batch(clean, adv, indices, attacked)` sees each batch: its clean
+    `max_iter` is the query budget of a gradient-free attack.
+    `on_batch(clean, adv, indices, attacked)` sees each batch: its clean
     and adversarial images, their rows of `target`, and which of them the attack perturbed
     (a (B,) bool mask; the others come back unchanged, with their clean features), to save
     images or pictures, or to feed other models (transfer). Returns the adversarial features
