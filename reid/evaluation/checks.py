@@ -117,7 +117,8 @@ def file_checks(results):
         if moved and min(moved) < white - TRANSFER_MARGIN:
             found.append(warning("transfer_wins", f"images crafted on this model leave {label} at "
                                  f"{100 * min(moved):.0f}% of its clean mAP, below the {100 * white:.0f}% that the "
-                                 "white-box attacks leave this model: its white-box attacks are weaker than they should be (gradient masking?)",
+                                 "white-box attacks leave this model: its white-box attacks are weaker than they "
+                                 "should be (gradient masking?)",
                                  target=label, transfer_relative_mAP=min(moved), white_box_relative_mAP=white))
     return found
 
