@@ -1,8 +1,9 @@
 """Metric adversarial attacks on re-ID models: guide selection + one guided loss, on advertorch.
 
-Every attack (FGSM, IFGSM, MIFGSM, SMA, ODFA, FNA, FNA_pull, FNA_rand) is one row of
-``registry.ATTACKS``: a guide rule and an advertorch optimiser joined by the guided loss
-sum_b sum_k w_bk ||f(x_b) - g_bk||^2 (maximised). Work in pixel space: images in [0, 1],
+Every attack (the papers' FGSM, IFGSM, MIFGSM, SMA, ODFA, FNA, FNA_pull, FNA_rand; their APGD_*
+forms; RANK, APGD_RANK; the gradient-free SQUARE_*) is one row of ``registry.ATTACKS``: a guide
+rule and an optimiser (advertorch's, APGD or Square) joined by one loss, the guided loss
+sum_b sum_k w_bk ||f(x_b) - g_bk||^2 or the ranking loss over the gallery (maximised). Work in pixel space: images in [0, 1],
 eps and step in /255 units (``norm="linf"``, the default) or, with ``norm="l2"``, an L2
 radius and step in [0, 1] pixel units of the whole image.
 
