@@ -29,7 +29,7 @@ import json
 import os
 import time
 
-from universal_synthetic import ROOT, SIZE, sh
+from universal_synthetic import ROOT, SIZE, sh, work_folder
 
 MODELS = {"clean": [], "goat": ["--adv", "--sma", "--adv-iters", "2"], "uapdef": ["--uap-adv", "online"]}
 DEFENCES = ("none", "bitdepth:3", "jpeg:60", "resize-pad:0.85")
@@ -54,10 +54,7 @@ def main():
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "reliable_eval_synthetic.json"))
     args = p.parse_args()
-    work = os.path.abspath(args.work)
-    os.makedirs(work, exist_ok=True)
-    log = os.path.join(work, "log.txt")
-    common = ["--device", "cpu", "--workers", args.workers]
+    work, log, common = work_folder(args)
     start = time.perf_counter()
     data = os.path.join(work, "data")
     if not os.path.isdir(os.path.join(data, "query")):

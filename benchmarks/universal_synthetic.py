@@ -37,6 +37,13 @@ def sh(args, log):
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=f, stderr=subprocess.STDOUT)
 
 
+def work_folder(args):
+    """The evidence scripts' folder (`--work`, made), its log file and the CLI flags they share."""
+    work = os.path.abspath(args.work)
+    os.makedirs(work, exist_ok=True)
+    return work, os.path.join(work, "log.txt"), ["--device", "cpu", "--workers", args.workers]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=os.path.join(ROOT, "attacks", "universal-evidence"))
@@ -49,10 +56,7 @@ def main():
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "universal_synthetic.json"))
     args = p.parse_args()
-    work = os.path.abspath(args.work)
-    os.makedirs(work, exist_ok=True)
-    log = os.path.join(work, "log.txt")
-    common = ["--device", "cpu", "--workers", args.workers]
+    work, log, common = work_folder(args)
     start = time.perf_counter()
 
     data = {"S": os.path.join(work, "S"), "T": os.path.join(work, "T"), "V": os.path.join(work, "V")}

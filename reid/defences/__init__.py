@@ -4,10 +4,11 @@ input-transformation defences evaluated at inference (`inputs.py`: bit depth, JP
 """
 
 from reid.defences.goat import Goat, GuidePool, goat_config
-from reid.defences.inputs import INPUT_DEFENCES, RANDOM_DEFENCES, InputDefence, parse_input_defence
+from reid.defences.inputs import (INPUT_DEFENCES, RANDOM_DEFENCES, InputDefence, check_bpda,
+                                  parse_input_defence)
 from reid.defences.universal import (MetaObjective, UapDefence, check_defence_flags, defence_config, meta_batch_size,
                                      meta_seed, saved_settings)
 
-__all__ = ["INPUT_DEFENCES", "RANDOM_DEFENCES", "InputDefence", "parse_input_defence", "Goat", "GuidePool",
+__all__ = ["INPUT_DEFENCES", "RANDOM_DEFENCES", "InputDefence", "check_bpda", "parse_input_defence", "Goat", "GuidePool",
            "MetaObjective", "UapDefence", "check_defence_flags", "defence_config", "goat_config", "meta_batch_size",
            "meta_seed", "saved_settings"]

@@ -49,6 +49,13 @@ def parse_input_defence(text, flag="--input-defence"):
     return kind, number
 
 
+def check_bpda(kind, bpda):
+    """BPDA replaces a non-differentiable step's backward; a random, differentiable one is refused."""
+    if bpda and kind in RANDOM_DEFENCES:
+        raise ReidError(f"--bpda: {kind} is differentiable (its backward is its own); attack its randomness "
+                        "with --eot K instead")
+
+
 def _bitdepth(x, bits):
     levels = 2 ** int(bits) - 1
     return torch.round(x * levels) / levels
@@ -86,9 +93,7 @@ class InputDefence(nn.Module):
         super().__init__()
         self.model = model
         self.kind, self.value = parse_input_defence(spec)
-        if bpda and self.kind in RANDOM_DEFENCES:
-            raise ReidError(f"--bpda: {self.kind} is differentiable (its backward is its own); attack its "
-                            "randomness with --eot K instead")
+        check_bpda(self.kind, bpda)
         self.bpda = bool(bpda)
         self.random = self.kind in RANDOM_DEFENCES
         self.train(model.training)  # the wrapped model's mode (a fresh Module would be in training mode)

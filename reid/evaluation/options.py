@@ -10,7 +10,7 @@ from typing import List, Optional, Union
 
 from reid.attacks import (ATTACKS, DEFAULT_EPS, DEFAULT_STEP, SUITES, UapConfig, check_attack_args, check_norm,
                           parse_step)
-from reid.defences import RANDOM_DEFENCES, parse_input_defence
+from reid.defences import check_bpda, parse_input_defence
 from reid.evaluation.transfer import check_transfer_paths
 from reid.runtime import MAX_SEED, ReidError, check_number
 
@@ -157,9 +157,7 @@ def check_options(opts):
     if opts.input_defence is not None:
         kind, value = parse_input_defence(opts.input_defence)
         opts.input_defence = f"{kind}:{value:g}"
-        if opts.bpda and kind in RANDOM_DEFENCES:
-            raise ReidError(f"--bpda: {kind} is differentiable (its backward is its own); attack its randomness "
-                            "with --eot K instead")
+        check_bpda(kind, opts.bpda)
     elif opts.bpda:
         raise ReidError("--bpda: only used with --input-defence (it replaces the defence's backward pass)")
     check_number("--seed", opts.seed, 0, MAX_SEED)
@@ -190,19 +188,22 @@ def check_suites(opts, names):
             setattr(opts, field_name, fixed)
 
 
+# Optimiser flags: (flag, Options field, which attack specs use it, what those are).
+OPTIMISER_FLAGS = (
+    ("--queries", "queries", lambda s: s.gradient_free, "the gradient-free SQUARE_* attacks"),
+    ("--restarts", "restarts", lambda s: s.optimiser != "fgsm", "per-image attacks except FGSM"),
+    ("--eot", "eot", lambda s: True, "per-image attacks"),
+    ("--rank-k", "rank_k", lambda s: s.uses_gallery, "per-image attacks on the ranking loss (*RANK)"),
+)
+
+
 def check_optimiser_flags(opts):
     """Flags of the optimisers make sense only with an attack that uses them: refused otherwise."""
     specs = {n: ATTACKS[n] for n in opts.attack if n in ATTACKS}
-    uses = {"--queries": [n for n, s in specs.items() if s.gradient_free],
-            "--restarts": [n for n, s in specs.items() if s.optimiser != "fgsm"],
-            "--eot": list(specs), "--rank-k": [n for n, s in specs.items() if s.uses_gallery]}
-    for flag, field_name in (("--queries", "queries"), ("--restarts", "restarts"), ("--eot", "eot"),
-                             ("--rank-k", "rank_k")):
-        if getattr(opts, field_name) != Options.__dataclass_fields__[field_name].default and not uses[flag]:
-            raise ReidError(f"{flag} {getattr(opts, field_name)}: no attack of -a uses it "
-                            f"({'the gradient-free SQUARE_* attacks' if flag == '--queries' else 'per-image attacks'}"
-                            f"{' except FGSM' if flag == '--restarts' else ''}"
-                            f"{' on the ranking loss (*RANK)' if flag == '--rank-k' else ''})")
+    for flag, field_name, used_by, users in OPTIMISER_FLAGS:
+        value = getattr(opts, field_name)
+        if value != Options.__dataclass_fields__[field_name].default and not any(map(used_by, specs.values())):
+            raise ReidError(f"{flag} {value}: no attack of -a uses it ({users})")
     ranking = [n for n, s in specs.items() if s.uses_gallery]
     if ranking and opts.gallery:
         raise ReidError(f"--gallery: {ranking[0]} attacks the queries' ranking against the clean gallery; "
