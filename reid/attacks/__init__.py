@@ -22,6 +22,7 @@ from .guides import WEIGHTINGS, AttackPlan, select_guides
 from .loss import GuidedLoss, RankingLoss, guided_loss, pack_bank_guides, pack_guides
 from .optimisers import OPTIMISERS, apgd_checkpoints
 from .ranking import RankingPlan
+from .targeted import GALLERY_GOALS, GOAL_METRICS, GOALS, TARGETED_GOALS, TargetedLoss, TargetedPlan
 from .registry import (
     ATTACK_NAMES,
     ATTACKS,
@@ -67,4 +68,5 @@ __all__ = [
     "resolve_attack_names", "select_guides", "WEIGHTINGS", "UNIVERSAL_ATTACKS", "UAP_LOSSES", "AdditivePlan",
     "UapConfig", "UniversalGuides", "apply_delta", "learn_uap", "load_uap", "mi_sgd_step", "save_uap",
     "uap_objective", "universal_plan", "EotModel", "RankingLoss", "RankingPlan", "SUITES", "apgd_checkpoints",
+    "GALLERY_GOALS", "GOAL_METRICS", "GOALS", "TARGETED_GOALS", "TargetedLoss", "TargetedPlan",
 ]

@@ -28,12 +28,13 @@ from .loss import GuidedLoss
 from .optimisers import OPTIMISERS, l2_directions, linf_box, project_l2
 from .ranking import ranking_plan
 from .registry import ATTACKS, check_budget, check_single
+from .targeted import targeted_plan
 
 from reid.runtime import image_generator
 
 
 def plan_attack(name, feats, pids, guide_feats=None, guide_pids=None, *, single=False,
-                cosine=False, generator=None, weighting="reference", ranking=None):
+                cosine=False, generator=None, weighting="reference", ranking=None, m=1, w=1):
     """Select the guides of attack ``name`` for every image of the attacked set, once per run.
 
     feats (N, D), pids (N,): the attacked set's clean features and identities (tensors or
@@ -43,17 +44,22 @@ def plan_attack(name, feats, pids, guide_feats=None, guide_pids=None, *, single=
     in L2-normalised feature space. ``weighting``: ``"reference"`` or ``"mean"`` (see
     ``guides.py``). ``generator``: a ``torch.Generator`` for the random
     choices (None: the global RNG). Raises ReidError for an unknown name or a bad ``single``.
-    ``ranking``: for the ranking-loss attacks, (camids (N,) of the attacked queries,
-    (features, pids, camids) of the clean gallery, k) (see ``ranking.py``).
+    ``ranking``: for the ranking-loss and targeted attacks, (camids (N,) of the attacked set,
+    (features, pids, camids) of the other split's clean images, k) (see ``ranking.py``,
+    ``targeted.py``); ``m`` / ``w``: the targeted attacks' candidates per query (QA) and
+    queries per gallery image (CA).
     """
     name = check_single(name, single)
     if name not in ATTACKS:
         raise ValueError(f"{name} is not a per-image attack: build its plan with universal_plan")
-    if ATTACKS[name].loss == "ranking":
+    if ATTACKS[name].uses_gallery:
         if ranking is None:
-            raise ValueError(f"{name} attacks the ranking: give ranking=(query camids, gallery, k)")
-        camids, gallery, k = ranking
-        return ranking_plan(name, ATTACKS[name], feats, pids, camids, gallery, k=k, cosine=cosine)
+            raise ValueError(f"{name} attacks the ranking: give ranking=(camids, other split, k)")
+        camids, other, k = ranking
+        if ATTACKS[name].loss == "targeted":
+            return targeted_plan(name, ATTACKS[name], feats, pids, camids, other, m=m, w=w, cosine=cosine,
+                                 generator=generator)
+        return ranking_plan(name, ATTACKS[name], feats, pids, camids, other, k=k, cosine=cosine)
     return select_guides(name, ATTACKS[name], feats, pids, guide_feats, guide_pids,
                          single=single, cosine=cosine, generator=generator, weighting=weighting)
 

@@ -25,6 +25,7 @@ from typing import Optional
 
 from .guides import PULL_RULES, PUSH_RULES
 from .optimisers import OPTIMISERS
+from .targeted import GALLERY_GOALS, GOALS, TARGETED_GOALS
 
 from reid.runtime import ReidError
 
@@ -33,8 +34,9 @@ from reid.runtime import ReidError
 class AttackSpec:
     """One attack: guide rule (``push``, ``pull``) + ``optimiser`` + ``loss``; ``single`` = has
     a single-guide form (one random pushing guide instead of all of them). ``loss``:
-    ``"guided"`` (the one guided loss over the guides) or ``"ranking"`` (the ranking loss over
-    the gallery, ``loss.RankingLoss``: no guides, the attacker knows the gallery).
+    ``"guided"`` (the one guided loss over the guides), ``"ranking"`` (the ranking loss over
+    the gallery, ``loss.RankingLoss``: no guides, the attacker knows the gallery) or
+    ``"targeted"`` (a deep-ranking goal over the gallery, ``targeted.TargetedLoss``: ``goal``).
     ``paper``: one of the papers' attacks, which ``all`` names."""
 
     push: Optional[str]
@@ -44,6 +46,7 @@ class AttackSpec:
     description: str
     loss: str = "guided"
     paper: bool = False
+    goal: Optional[str] = None  # the ranking goal of a "targeted" loss (``targeted.py``)
 
     def iterations(self, max_iter):
         """Passes the optimiser makes per image: forward+backward for gradient attacks (FGSM is
@@ -58,7 +61,19 @@ class AttackSpec:
     def uses_gallery(self):
         """Whether the attacker must know the gallery (a stronger threat model than the guides
         of the attacked set alone)."""
-        return self.loss == "ranking"
+        return self.loss in ("ranking", "targeted")
+
+    @property
+    def side(self):
+        """The split the attack perturbs when it is not the user's choice: the candidate
+        attacks (CA) perturb gallery images; None: the queries, or the gallery with --gallery."""
+        return "gallery" if self.goal in GALLERY_GOALS else None
+
+    @property
+    def targeted(self):
+        """Whether the attack aims at chosen targets (scored by its own metric, not a candidate
+        of the per-query worst case)."""
+        return self.goal in TARGETED_GOALS
 
 
 PAPER_ATTACKS = {
@@ -85,6 +100,19 @@ RANK = AttackSpec(None, None, "pgd", False, "PGD on the ranking loss: the neares
                   "behind the k-th nearest non-match of the gallery (the attacker knows the gallery)",
                   loss="ranking")
 
+_GOAL_TEXT = {
+    "QA+": "query attack: M gallery images of other identities raised to the top of the query's ranking",
+    "QA-": "query attack: M of the query's true matches pushed to the bottom of its ranking",
+    "CA+": "candidate attack: a gallery image raised in the rankings of W queries of other identities",
+    "CA-": "candidate attack: a gallery image pushed down the rankings of W queries it truly matches",
+    "TMA": "targeted mismatch: the query's feature onto that of a random image of another identity",
+    "LTM": "learning-to-mis-rank: the nearest true match pushed behind the furthest non-match",
+    "GTM": "greedy top-1 mis-ranking: towards the nearest item of an identity other than the top-1's",
+    "GTT": "greedy top-1 translocation: the clean top-1 item pushed down the ranking",
+}
+TARGETED = {goal: AttackSpec(None, None, "pgd", False, f"{text} (knows the gallery)", loss="targeted", goal=goal)
+            for goal, text in _GOAL_TEXT.items()}
+
 # APGD_<X>: the guides of X with APGD as the optimiser (MIFGSM's momentum is APGD's own);
 # SQUARE_<X>: the guides of X with the gradient-free Square attack.
 ATTACKS = {
@@ -99,6 +127,7 @@ ATTACKS = {
                           description="Square (gradient-free) on FNA's guides"),
     "SQUARE_RANK": replace(RANK, optimiser="square",
                            description="Square (gradient-free) on the ranking loss (knows the gallery)"),
+    **TARGETED,
 }
 
 ATTACK_NAMES = tuple(name for name, spec in ATTACKS.items() if spec.paper)
@@ -115,10 +144,15 @@ class Suite:
     max_iter: int
     queries: int
     restarts: int
+    eps: Optional[float] = None  # the budget (/255) and step when --eps / --step are not given
+    step: Optional[float] = None
 
 
 SUITES = {"standard": Suite(("APGD_SMA", "APGD_FNA", "APGD_RANK", "SQUARE_RANK"), max_iter=100, queries=1000,
-                            restarts=1)}
+                            restarts=1),
+          # RobRank's rob224 profile (the empirical robustness score): PGD, 32 steps of 3/255 in 8/255
+          "ers": Suite(("CA+", "CA-", "QA+", "QA-", "TMA", "SMA", "LTM", "GTM", "GTT"), max_iter=32, queries=1000,
+                       restarts=1, eps=8.0, step=3.0)}
 
 # Perturbations added to the images rather than optimised per image (``universal.py``):
 # named explicitly, never part of ``all`` (a UAP is learned on a training split first).
@@ -133,7 +167,8 @@ def _check_table():
         assert spec.push in PUSH_RULES + (None,), (name, spec.push)
         assert spec.pull in PULL_RULES + (None,), (name, spec.pull)
         assert bool(spec.push or spec.pull) == (spec.loss == "guided"), name
-        assert spec.loss in ("guided", "ranking"), name
+        assert spec.loss in ("guided", "ranking", "targeted"), name
+        assert (spec.goal in GOALS) == (spec.loss == "targeted"), name
         assert spec.optimiser in OPTIMISERS, (name, spec.optimiser)
         assert not spec.single or spec.push == "others", name
 
@@ -142,7 +177,8 @@ _check_table()
 
 
 def _valid_names():
-    return f"{', '.join((*ATTACKS, *UNIVERSAL_ATTACKS))} (or all: the papers' attacks; standard: the suite)"
+    return (f"{', '.join((*ATTACKS, *UNIVERSAL_ATTACKS))} (or all: the papers' attacks; standard: the suite; "
+            "ers: RobRank's profile)")
 
 
 def canonical_name(name):
@@ -159,7 +195,7 @@ def get_attack_spec(name):
 
 def resolve_attack_names(names):
     """Attack names from the CLI (a string or a list, comma-separated names allowed; ``all``
-    = the papers' attacks, ``standard`` = the members of ``SUITES["standard"]``), canonical,
+    = the papers' attacks, ``standard`` / ``ers`` = the members of that ``SUITES`` entry), canonical,
     deduplicated, in the order given."""
     if isinstance(names, str):
         names = [names]

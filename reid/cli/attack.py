@@ -55,7 +55,9 @@ def parse_args(argv=None):
     p.add_argument("-a", "--attack", nargs="+", default=["clean"], metavar="NAME",
                    help=f"one or several of {', '.join((*ATTACKS, *UNIVERSAL_ATTACKS))}, clean, all (the "
                         "papers' attacks) or standard (the fixed suite: APGD_SMA APGD_FNA APGD_RANK SQUARE_RANK at "
-                        "100 iterations and 1000 queries; docs/attacks.md); default clean")
+                        "100 iterations and 1000 queries; docs/attacks.md) or ers (RobRank's targeted ranking "
+                        "profile and its robustness score, PGD 32 x 3/255 at eps 8 unless given; "
+                        "docs/targeted.md); default clean")
     p.add_argument("--eps", type=float, nargs="+", metavar="EPS",
                    help="budget(s): L-inf in /255 (default 5), L2 a radius in [0, 1] pixel units of the whole "
                         "image (default 0.5); several values run every attack at each (a sweep)")
@@ -74,6 +76,10 @@ def parse_args(argv=None):
                         "models that are random at inference (default 1)")
     p.add_argument("--rank-k", type=int, default=DEFAULTS.rank_k, metavar="K",
                    help="the *RANK attacks push the nearest true match behind the K-th non-match (default 1)")
+    p.add_argument("--rank-m", type=int, default=DEFAULTS.rank_m, metavar="M",
+                   help="QA+ / QA-: gallery candidates per query (default 1)")
+    p.add_argument("--rank-w", type=int, default=DEFAULTS.rank_w, metavar="W",
+                   help="CA+ / CA-: queries per attacked gallery image (default 1)")
     p.add_argument("--input-defence", metavar="KIND:VALUE",
                    help="evaluate the model behind an input transformation: bitdepth:B, jpeg:Q or resize-pad:R")
     p.add_argument("--bpda", action="store_true",

@@ -30,6 +30,8 @@ class Options:
     restarts: int = 1  # runs of every per-image attack per image, the best kept (by its loss)
     eot: int = 1  # forward passes averaged per gradient (expectation over transformation)
     rank_k: int = 1  # the ranking loss's non-match rank: the nearest true match pushed behind the k-th non-match
+    rank_m: int = 1  # QA+ / QA-: candidates per query
+    rank_w: int = 1  # CA+ / CA-: queries per attacked gallery image
     input_defence: Optional[str] = None  # an input transformation before the model: bitdepth:B, jpeg:Q, resize-pad:R
     bpda: bool = False  # the input defence's backward replaced by the identity (straight-through)
     norm: str = "linf"  # threat model: "linf" (eps in /255) or "l2" (an L2 radius in [0, 1] pixel units)
@@ -131,9 +133,14 @@ def eps_text(eps, norm):
     return f"{eps:g}/255" if norm == "linf" else f"{eps:g} (L2)"
 
 
+def file_label(name):
+    """An attack's name in file and variable names: QA+ -> QAplus, CA- -> CAminus (MATLAB-safe)."""
+    return name.replace("+", "plus").replace("-", "minus")
+
+
 def eps_label(name, eps):
-    """The name of a run's files in a sweep: FNA_eps2, FNA_eps0p5 (a MATLAB-safe variable name too)."""
-    return f"{name}_eps{eps:g}".replace(".", "p").replace("-", "m").replace("+", "")
+    """The name of a run's files in a sweep: FNA_eps2, FNA_eps0p5, QAplus_eps8 (a MATLAB-safe variable name too)."""
+    return f"{file_label(name)}_eps{eps:g}".replace(".", "p").replace("-", "m").replace("+", "")
 
 
 def check_options(opts):
@@ -143,15 +150,16 @@ def check_options(opts):
     diameter by `run_evaluation`, which knows the input size."""
     opts.norm = check_norm(opts.norm)
     opts.step = parse_step("--step", opts.step)  # finite; its range is checked with the attacks
-    budgets = eps_values(opts.eps, opts.norm)
     names = [n for a in opts.attack for n in str(a).split(",") if n.strip() and n.strip().lower() != "clean"]
     check_suites(opts, names)
+    budgets = eps_values(opts.eps, opts.norm)
     opts.attack = check_attack_args(names, opts.single, budgets, opts.step, opts.max_iter, opts.norm) if names else []
     opts.eps = budgets[0] if len(budgets) == 1 else budgets  # results.json keeps its one-budget shape
     opts.step = DEFAULT_STEP[opts.norm] if opts.step is None else opts.step
     for flag, value, low in (("-n", opts.nb_repeat, 1), ("-b", opts.batch_size, 1), ("--workers", opts.workers, 0),
                              ("--visualize", opts.visualize, 0), ("--queries", opts.queries, 1),
-                             ("--restarts", opts.restarts, 1), ("--eot", opts.eot, 1), ("--rank-k", opts.rank_k, 1)):
+                             ("--restarts", opts.restarts, 1), ("--eot", opts.eot, 1), ("--rank-k", opts.rank_k, 1),
+                             ("--rank-m", opts.rank_m, 1), ("--rank-w", opts.rank_w, 1)):
         check_number(flag, value, low)
     check_optimiser_flags(opts)
     if opts.input_defence is not None:
@@ -174,10 +182,16 @@ def check_options(opts):
 
 
 def check_suites(opts, names):
-    """``-a standard`` fixes its members' budgets: --max_iter, --queries and --restarts take the
-    suite's values, and one of them changed from its default is refused (it would be another suite)."""
-    for name in {n.strip().lower() for n in names} & set(SUITES):
+    """``-a standard`` / ``-a ers`` fix their members' budgets: --max_iter, --queries and
+    --restarts take the suite's values, and one of them changed from its default is refused (it
+    would be another suite). A suite's budget and step (ers: RobRank's 8/255 and 3/255) are the
+    defaults of --eps and --step, which may be given (the suite at another budget)."""
+    for name in sorted({n.strip().lower() for n in names} & set(SUITES)):
         suite = SUITES[name]
+        if opts.norm == "linf" and opts.eps is None and suite.eps is not None:
+            opts.eps = suite.eps
+        if opts.norm == "linf" and opts.step is None and suite.step is not None:
+            opts.step = suite.step
         for flag, field_name, fixed in (("--max_iter", "max_iter", suite.max_iter),
                                         ("--queries", "queries", suite.queries),
                                         ("--restarts", "restarts", suite.restarts)):
@@ -193,7 +207,9 @@ OPTIMISER_FLAGS = (
     ("--queries", "queries", lambda s: s.gradient_free, "the gradient-free SQUARE_* attacks"),
     ("--restarts", "restarts", lambda s: s.optimiser != "fgsm", "per-image attacks except FGSM"),
     ("--eot", "eot", lambda s: True, "per-image attacks"),
-    ("--rank-k", "rank_k", lambda s: s.uses_gallery, "per-image attacks on the ranking loss (*RANK)"),
+    ("--rank-k", "rank_k", lambda s: s.loss == "ranking", "per-image attacks on the ranking loss (*RANK)"),
+    ("--rank-m", "rank_m", lambda s: s.goal in ("QA+", "QA-"), "the query attacks QA+ / QA-"),
+    ("--rank-w", "rank_w", lambda s: s.goal in ("CA+", "CA-"), "the candidate attacks CA+ / CA-"),
 )
 
 
@@ -204,12 +220,12 @@ def check_optimiser_flags(opts):
         value = getattr(opts, field_name)
         if value != Options.__dataclass_fields__[field_name].default and not any(map(used_by, specs.values())):
             raise ReidError(f"{flag} {value}: no attack of -a uses it ({users})")
-    ranking = [n for n, s in specs.items() if s.uses_gallery]
+    ranking = [n for n, s in specs.items() if s.uses_gallery and s.side is None]
     if ranking and opts.gallery:
         raise ReidError(f"--gallery: {ranking[0]} attacks the queries' ranking against the clean gallery; "
                         "run it without --gallery")
-    if opts.cross_attack and specs and all(s.loss == "ranking" for s in specs.values()):
-        raise ReidError(f"--cross_attack: {', '.join(specs)} use no guides (the ranking loss reads the gallery); "
+    if opts.cross_attack and specs and all(s.loss != "guided" for s in specs.values()):
+        raise ReidError(f"--cross_attack: {', '.join(specs)} use no guides (their loss reads the other split); "
                         "drop --cross_attack")
 
 

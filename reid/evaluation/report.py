@@ -80,6 +80,41 @@ def worst_entry(candidates, eps, target):
             "candidates": [f"{name} run {run}" for name, run, _ in candidates], "lowest_ap": counts}
 
 
+# RobRank's empirical robustness score (tools/pjswipe.py, profile rob224): each attack's score
+# rescaled so that 100 = the attack moved nothing and 0 = it fully succeeded, then averaged.
+# Ranks are normalised ranks (0 = top, 1 = bottom; an untouched random candidate sits near
+# 0.5); RobRank's recall@1 is the re-ID rank-1 (CMC, Market protocol); ES is our SMA.
+ERS_COMPONENTS = (
+    ("CA+", "CA+", "goal", "prank", lambda v: 200 * v),
+    ("CA-", "CA-", "goal", "prank", lambda v: 100 - 100 * v),
+    ("QA+", "QA+", "goal", "prank", lambda v: 200 * v),
+    ("QA-", "QA-", "goal", "prank", lambda v: 100 - 100 * v),
+    ("TMA", "TMA", "goal", "cosine", lambda v: 100 - 100 * v),
+    ("ES distance", "SMA", "embedding_shift", None, lambda v: 100 * (2 - v) / 2),
+    ("ES rank-1", "SMA", "mean", "rank1", lambda v: 100 * v),
+    ("LTM rank-1", "LTM", "mean", "rank1", lambda v: 100 * v),
+    ("GTM rank-1", "GTM", "mean", "rank1", lambda v: 100 * v),
+    ("GTT retain@4", "GTT", "goal", "retain4", lambda v: 100 * v),
+)
+ERS_RULE = ("the mean of: 200 x normalised rank (CA+, QA+), 100 - 100 x normalised rank (CA-, QA-), "
+            "100 - 100 x cosine (TMA), 100 x (2 - ES shift) / 2, rank-1 in % under SMA (ES), LTM and GTM, "
+            "and GTT's retain@4 in %; 100 = the attacks moved nothing")
+
+
+def ers_entry(attacks, eps):
+    """The results.json "ers" entry at budget ``eps`` from the attack entries there ({name:
+    entry}), or None unless every attack of the profile ran."""
+    if not all(attack in attacks for _, attack, _, _, _ in ERS_COMPONENTS):
+        return None
+    components = {}
+    for label, attack, field, key, rescale in ERS_COMPONENTS:
+        entry = attacks[attack]
+        value = entry["goal"]["mean"][key] if field == "goal" else entry[field] if key is None else entry[field][key]
+        components[label] = float(rescale(value))
+    return {"score": float(np.mean(list(components.values()))), "eps": eps, "components": components,
+            "rule": ERS_RULE}
+
+
 def entries(value):
     """The per-budget entries of an attack (or "worst") value of results.json, either shape."""
     return list(value["by_eps"]) if "by_eps" in value else [value]

@@ -17,19 +17,20 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from reid.attacks import ATTACKS, OPTIMISERS, UNIVERSAL_ATTACKS, check_budget, resolve_step, universal_plan
+from reid.attacks import (ATTACKS, GALLERY_GOALS, OPTIMISERS, UNIVERSAL_ATTACKS, check_budget, resolve_step,
+                          universal_plan)
 from reid.data import build_transforms, eval_loader, load_dataset
 from reid.defences import InputDefence
 from reid.evaluation.attack_loop import attack_split, chain
 from reid.evaluation.checks import CHECKS, file_checks, gradient_free_check, model_checks, print_warnings
 from reid.evaluation.features import extract_features
 from reid.evaluation.options import (OPTION_NAMES, check_options, default_out, eps_label, eps_text, eps_values,
-                                     python_options)
+                                     file_label, python_options)
 from reid.evaluation.outputs import ImageSaver, clear_outputs, versions, write_features, write_json
 from reid.evaluation.pictures import Pictures
-from reid.evaluation.report import budget_rows, worst_entry, write_report
+from reid.evaluation.report import budget_rows, entries, ers_entry, worst_entry, write_report
 from reid.evaluation.splits import Split, split_metrics
-from reid.evaluation.tables import metrics_table, side_by_side
+from reid.evaluation.tables import goal_table, metrics_table, side_by_side
 from reid.evaluation.transfer import TransferFeatures, clean_arrays, extract_target_features, load_targets
 from reid.evaluation.universal import obtain_uap
 from reid.metrics import pairwise_distance, summarize_runs
@@ -38,7 +39,7 @@ from reid.runtime import (ReidError, amp, check_input_dir, check_number, check_w
                           resolve_device, run_lock, seed_everything)
 
 
-def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device, picked, transform, arrays,
+def run_attack(opts, name, eps, model, loaders, query, gallery, data, out, device, picked, transform, arrays,
                delta=None, label=None, targets=()):
     """`-n` runs of one attack at budget `eps`; returns its results.json entry and, per run,
     the per-query values of `evaluate_rank` (the worst case's candidates). `delta`: the UAP's;
@@ -48,13 +49,15 @@ def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device
     spec = ATTACKS.get(name)
     max_iter = opts.queries if spec is not None and spec.gradient_free else opts.max_iter
     step = resolve_step(opts.step, eps, opts.max_iter, opts.norm)
-    target, other = (gallery, query) if opts.gallery else (query, gallery)
+    on_gallery = opts.gallery or (spec is not None and spec.side == "gallery")
+    target, other = (gallery, query) if on_gallery else (query, gallery)
+    loader = loaders[target.name]
     metric = "cosine" if opts.cosine else "euclidean"
     runs, stats, per_query = [], [], []
     for run in range(opts.nb_repeat):  # a run that drew nothing at random (a delta, IFGSM...) is run once
         first = run == 0
         saver = ImageSaver(out, label, target, data, eps, opts.norm) if first and opts.save_images else None
-        pictures = (Pictures(out, label, query, gallery, picked, transform, query_attacked=not opts.gallery)
+        pictures = (Pictures(out, label, query, gallery, picked, transform, query_attacked=not on_gallery)
                     if first and picked else None)
         transfer = TransferFeatures(targets, target.name, opts.cosine, loader) if targets else None
         generator = torch.Generator().manual_seed(opts.seed * 1000003 + run)
@@ -67,11 +70,12 @@ def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device
                                      max_iter=max_iter, generator=generator, device=device,
                                      weighting=opts.guide_weights, norm=opts.norm,
                                      ranked_against=other if spec is not None and spec.uses_gallery else None,
-                                     rank_k=opts.rank_k, restarts=restarts_of(spec, opts), eot=opts.eot,
+                                     rank_k=opts.rank_k, rank_m=opts.rank_m, rank_w=opts.rank_w,
+                                     restarts=restarts_of(spec, opts), eot=opts.eot,
                                      on_batch=chain(saver, pictures, transfer))
         if saver is not None:  # every image saved: the folder loses its .partial
             saver.finish()
-        adv = {"gallery_feats" if opts.gallery else "query_feats": adv_feats}
+        adv = {"gallery_feats" if on_gallery else "query_feats": adv_feats}
         metrics, values = split_metrics(query, gallery, metric, per_query=True, **adv)
         runs.append(metrics)
         per_query.append(values)
@@ -97,8 +101,17 @@ def run_attack(opts, name, eps, model, loader, query, gallery, data, out, device
              "attack_seconds": float(np.mean([s["attack_seconds"] for s in stats])),
              "images_attacked": stats[0]["images_attacked"], "fallback_images": stats[0]["fallback_images"],
              "iterations": stats[0]["iterations"], "target": target.name, "eps": eps, "step": step,
+             "embedding_shift": float(np.mean([s["embedding_shift"] for s in stats])),
              **optimiser_record(spec, stats[0]["iterations"], opts),
              **({"deterministic": True} if len(runs) < opts.nb_repeat else {})}
+    if "goal" in stats[0] and stats[0]["goal"]:  # a targeted attack's own metrics, clean and attacked
+        goal_runs = [s["goal"] for s in stats]
+        entry["goal"] = {"name": spec.goal, "clean": summarize_runs([s["goal_clean"] for s in stats])["mean"],
+                         **summarize_runs(goal_runs), "runs": goal_runs}
+        if spec.goal in GALLERY_GOALS:
+            entry["goal"]["queries_per_image"] = opts.rank_w
+        elif spec.goal in ("QA+", "QA-"):
+            entry["goal"]["candidates_per_query"] = opts.rank_m
     return entry, per_query
 
 
@@ -202,15 +215,14 @@ def _run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sh
     if opts.visualize:
         rng = np.random.default_rng(opts.seed)
         picked = rng.choice(len(query.pids), min(opts.visualize, len(query.pids)), replace=False).tolist()
-    loader = loaders["gallery" if opts.gallery else "query"]
     target = "gallery" if opts.gallery else "query"
-    worst = []
+    worst, scores = [], []
     for eps in budgets:
         candidates = []
         for name in opts.attack:
             delta, uap_info = deltas.get(eps, (None, None))
-            label = eps_label(name, eps) if sweep else name
-            entry, per_query = run_attack(opts, name, eps, model, loader, query, gallery, data, out, device, picked,
+            label = eps_label(name, eps) if sweep else file_label(name)
+            entry, per_query = run_attack(opts, name, eps, model, loaders, query, gallery, data, out, device, picked,
                                           tf, arrays, delta, label=label, targets=targets)
             if name == "UAP":
                 entry["uap"] = uap_info
@@ -220,13 +232,21 @@ def _run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sh
                 results["attacks"][name] = entry
             if targets:
                 results["transfer"] = {t.label: t.results(sweep) for t in targets}
-            candidates += [(name, run, values) for run, values in enumerate(per_query)]
+            if not (name in ATTACKS and ATTACKS[name].targeted):  # targeted attacks: their own metric, no worst case
+                candidates += [(name, run, values) for run, values in enumerate(per_query)]
             write_json(os.path.join(out, "results.json"), results)  # after each attack: nothing lost
             moved = "".join(f", on {os.path.basename(t.label)} "
                             f"{100 * np.mean([r['mAP'] for r in t.runs[name, eps]]):.2f}" for t in targets)
+            goal = "".join(f", {key} {100 * entry['goal']['clean'][key]:.1f} -> {100 * value:.1f}"
+                           for key, value in entry.get("goal", {}).get("mean", {}).items())
             print(f"{name}{f' at eps {eps_text(eps, opts.norm)}' if sweep else ''}: mAP "
-                  f"{100 * entry['mean']['mAP']:.2f}{moved} ({entry['images_attacked']} images attacked, "
+                  f"{100 * entry['mean']['mAP']:.2f}{moved}{goal} ({entry['images_attacked']} images attacked, "
                   f"{entry['attack_seconds']:.1f} s)")
+        at_eps = {n: (e["by_eps"][-1] if sweep else e) for n, e in results["attacks"].items() if n in opts.attack}
+        ers = ers_entry(at_eps, eps)
+        if ers is not None:
+            scores.append(ers)
+            results["ers"] = {"by_eps": scores} if sweep else ers
         warnings += gradient_free_check(candidates, gradient_free, eps, eps_text(eps, opts.norm))
         if len(candidates) > 1:
             worst.append(worst_entry(candidates, eps, target))
@@ -253,10 +273,19 @@ def print_tables(results, opts, budgets, target, targets):
     """The metrics at each budget, and white-box beside each transfer target's."""
     metric = results["config"]["metric"]
     for eps in budgets:
-        rows = budget_rows(results, eps)
+        rows = [(n, m) for n, m in budget_rows(results, eps) if not (n in ATTACKS and ATTACKS[n].targeted)]
         print(f"\n{target} attacks, eps {eps_text(eps, opts.norm)}, {opts.max_iter} iterations, "
               f"{opts.nb_repeat} run(s), {metric} distance")
         print(metrics_table(rows))
+        goals = [(n, e["goal"]) for n, value in results["attacks"].items() for e in entries(value)
+                 if e.get("eps") == eps and "goal" in e and ATTACKS[n].targeted]
+        if goals:
+            print("\ntargeted attacks (docs/targeted.md), their own metric, clean -> attacked, in %")
+            print(goal_table(goals))
+        for ers in entries(results["ers"]) if "ers" in results else ():
+            if ers["eps"] == eps:
+                print(f"ERS {ers['score']:.1f} (RobRank's empirical robustness score, 100 = unmoved; "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in ers["components"].items()) + ")")
         if targets:
             columns = [("white-box", dict(rows))] + [
                 (os.path.basename(t.label), dict(budget_rows(results["transfer"][t.label], eps))) for t in targets]

@@ -27,3 +27,14 @@ def side_by_side(rows, columns, keys=("mAP", "rank1")):
     for name, row in zip(rows, cells):
         lines.append(f"{name:<{width}}" + "".join(f"{c:>{w}}" for c, w in zip(row, widths)))
     return "\n".join(lines)
+
+
+def goal_table(goals):
+    """A plain-text table of targeted attacks, one row per (name, results.json "goal" entry):
+    each of its metrics as clean -> attacked, in percent."""
+    width = max(12, *(len(name) for name, _ in goals))
+    lines = []
+    for name, goal in goals:
+        cells = [f"{key} {100 * goal['clean'][key]:.1f} -> {100 * value:.1f}" for key, value in goal["mean"].items()]
+        lines.append(f"{name:<{width}}" + "   ".join(cells))
+    return "\n".join(lines)

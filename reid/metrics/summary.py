@@ -30,7 +30,9 @@ def as_metrics(result):
 
 
 def summarize_runs(runs):
-    """mean / std / min / max over repeated runs of an attack (METRICS dicts)."""
-    table = {k: np.array([r[k] for r in runs]) for k in METRIC_NAMES}
+    """mean / std / min / max over repeated runs of an attack: METRICS dicts, or any dicts of
+    numbers with the same keys (a targeted attack's own metrics)."""
+    keys = METRIC_NAMES if all(k in runs[0] for k in METRIC_NAMES) else tuple(runs[0])
+    table = {k: np.array([r[k] for r in runs]) for k in keys}
     return {stat: {k: float(fn(v)) for k, v in table.items()}
             for stat, fn in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max))}
