@@ -56,19 +56,7 @@ def main():
     args = p.parse_args()
     work, log, common = work_folder(args)
     start = time.perf_counter()
-    data = os.path.join(work, "data")
-    if not os.path.isdir(os.path.join(data, "query")):
-        sh(["-m", "reid.data.synthetic", data, "--seed", 0, "--ids", 50, "--test-ids", 25, "--cams", 4,
-            "--height", 64, "--width", 32], log)
-    for name in args.models:
-        done = os.path.join(work, f"{name}.done")
-        if not os.path.isfile(done):  # an interrupted training continues (--resume)
-            resume = ["--resume"] if os.path.isfile(os.path.join(work, f"{name}-last.th")) else []
-            epochs = args.epochs if name == "clean" else args.defended_epochs
-            sh(["train.py", data, "--classif", "--arch", args.arch, "--lr", args.lr, "-n", epochs, "-b", 32,
-                "-f", f"{name}.th", "--checkpoint-dir", work, "--seed", 0, *SIZE, *common, *MODELS[name], *resume],
-               log)
-            open(done, "w").close()
+    data = prepare(args, work, log, common, args.models)
 
     def evaluate(model, tag, eps, *flags):
         out = os.path.join(work, f"eval-{model}-{tag}-eps{eps:g}")
@@ -113,6 +101,26 @@ def main():
                 "standard": evaluate(model, "none-standard" if model == "clean" else "standard", eps, "-a", "standard")}
             save(record, args.out, start)
     print(markdown(record))
+
+
+def prepare(args, work, log, common, models):
+    """The dataset and the models of the evidence in `work` (made once; an interrupted training
+    resumes): `args.arch`, `args.lr`, `args.epochs` (clean), `args.defended_epochs`. Returns the
+    dataset folder; each model is `work`/NAME-last.th."""
+    data = os.path.join(work, "data")
+    if not os.path.isdir(os.path.join(data, "query")):
+        sh(["-m", "reid.data.synthetic", data, "--seed", 0, "--ids", 50, "--test-ids", 25, "--cams", 4,
+            "--height", 64, "--width", 32], log)
+    for name in models:
+        done = os.path.join(work, f"{name}.done")
+        if not os.path.isfile(done):  # an interrupted training continues (--resume)
+            resume = ["--resume"] if os.path.isfile(os.path.join(work, f"{name}-last.th")) else []
+            epochs = args.epochs if name == "clean" else args.defended_epochs
+            sh(["train.py", data, "--classif", "--arch", args.arch, "--lr", args.lr, "-n", epochs, "-b", 32,
+                "-f", f"{name}.th", "--checkpoint-dir", work, "--seed", 0, *SIZE, *common, *MODELS[name], *resume],
+               log)
+            open(done, "w").close()
+    return data
 
 
 def save(record, out, start):

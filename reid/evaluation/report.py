@@ -255,6 +255,9 @@ def main(argv=None):
         print(f"note: {args.results} is from a run that did not finish: the report holds what it had done")
     stored = [w for w in results.get("checks", {}).get("warnings", []) if w.get("check") not in FILE_CHECKS]
     print_warnings(stored + file_checks(results))  # the model's checks as the run found them, the file's anew
+    for ers in entries(results["ers"]) if isinstance(results.get("ers"), dict) else ():
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in ers["components"].items())
+        print(f"ERS at eps {ers['eps']:g}: {ers['score']:.1f} ({parts})")
     for path in write_report(results, os.path.dirname(os.path.abspath(args.results))):
         print(path)
 
