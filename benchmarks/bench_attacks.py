@@ -102,7 +102,10 @@ def main():
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--iters", type=int, default=10, help="T")
     p.add_argument("--attacks", nargs="+", default=["IFGSM", "SMA", "FNA", "APGD_SMA", "APGD_FNA", "APGD_RANK",
-                                                     "SQUARE_FNA"])
+                                                     "SQUARE_FNA", "QA+", "CA+", "LTM"])
+    p.add_argument("--gallery", type=int, default=1000,
+                   help="size of the gallery the ranking and targeted attacks rank against (Market: 19732); "
+                        "its first --images rows are the attacked images, the rest random features")
     p.add_argument("--queries", type=int, default=100, help="Q, the Square rows' queries per image")
     p.add_argument("--eot", type=int, default=1, help="K, forward passes per gradient of the gradient attacks")
     p.add_argument("--repeats", type=int, default=5)
@@ -117,6 +120,12 @@ def main():
     with torch.no_grad():
         feats = torch.cat([model(images[i:i + args.batch].to(device)) for i in range(0, args.images, args.batch)])
     split = Split("query", feats, pids, camids, samples=[None] * args.images)
+    extra = max(args.gallery - args.images, 0)
+    rng = torch.Generator().manual_seed(0)
+    g_feats = torch.cat([feats, torch.randn(extra, feats.shape[1], generator=rng).to(device) * feats.std()])
+    g_pids = np.concatenate([pids, np.random.default_rng(0).integers(1, pids.max() + 1, extra)])
+    g_camids = np.concatenate([(camids + 1) % 6, np.random.default_rng(1).integers(0, 6, extra)])
+    gallery = Split("gallery", g_feats, g_pids, g_camids, samples=[None] * len(g_feats))
     loader = [(images[i:i + args.batch], None, None, torch.arange(i, min(i + args.batch, args.images)))
               for i in range(0, args.images, args.batch)]
     # Move the batches once; an on-device loader is what workers + pinned memory approximate.
@@ -131,12 +140,14 @@ def main():
         spec = ATTACKS[name]
         free = spec.gradient_free
         iters, eot = (args.queries, 1) if free else (args.iters, args.eot)
-        options = dict(ranked_against=split if spec.uses_gallery else None, eot=eot, device=device)
+        # the candidate attacks perturb gallery images (the loader's are its first rows), ranked by the queries
+        target, other = (gallery, split) if spec.side == "gallery" else (split, gallery)
+        options = dict(ranked_against=other if spec.uses_gallery else None, eot=eot, device=device)
         gen = torch.Generator().manual_seed(0)
-        attack_split(model, full[:1], split, name, max_iter=2, generator=gen, **options)  # warm-up
+        attack_split(model, full[:1], target, name, max_iter=2, generator=gen, **options)  # warm-up
         sync(device)
         t = time.perf_counter()
-        _, stats = attack_split(model, loader, split, name, eps=5, step=1, max_iter=iters, generator=gen, **options)
+        _, stats = attack_split(model, loader, target, name, eps=5, step=1, max_iter=iters, generator=gen, **options)
         sync(device)
         seconds = time.perf_counter() - t
         unit = fwd if free else fb * eot

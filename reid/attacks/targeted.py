@@ -238,6 +238,33 @@ def _draw(generator, rows, pool, count):
     return index, mask
 
 
+def _block_targets(goal, rows, feats, pids, camids, ranked, other, count, cosine, generator):
+    """(targets, mask) of the attacked images at ``rows`` (a block: the (rows x G) masks of the
+    selection stay small on large galleries)."""
+    attackable = (pids > 0).view(-1, 1)
+    if goal in GALLERY_GOALS:  # W queries: of other identities (CA+), or that the image truly matches (CA-)
+        o_pids, o_camids = other
+        same = o_pids.view(1, -1) == pids.view(-1, 1)
+        pool = (o_pids.view(1, -1) > 0) & (~same if goal == "CA+" else same & (o_camids.view(1, -1) != camids.view(-1, 1)))
+        return _draw(generator, rows, pool & attackable, count)
+    bank, r_pids, r_camids = ranked
+    valid = valid_items(pids, camids, r_pids, r_camids)
+    match = valid & (r_pids.view(1, -1) == pids.view(-1, 1))
+    if goal in ("QA+", "QA-", "TMA"):
+        pool = valid & ~match if goal == "QA+" else match if goal == "QA-" else valid & ~match & (r_pids.view(1, -1) > 0)
+        return _draw(generator, rows, pool & attackable, count)
+    if goal == "LTM":  # no target: its true matches and non-matches
+        return torch.zeros(len(rows), 1, dtype=torch.long), match.any(1, keepdim=True) & (valid & ~match).any(
+            1, keepdim=True) & attackable
+    dist = distances(feats, bank, cosine).masked_fill(~valid, float("inf"))
+    top1 = dist.argmin(1)
+    if goal == "GTM":  # the nearest item of an identity other than the top-1's
+        dist = dist.masked_fill(r_pids.view(1, -1) == r_pids[top1].view(-1, 1), float("inf"))
+        top1 = dist.argmin(1)
+    targets = top1.view(-1, 1)
+    return targets, torch.isfinite(dist.gather(1, targets)) & attackable
+
+
 def targeted_plan(name, spec, feats, pids, camids, other, *, m=1, w=1, cosine=False, generator=None):
     """The ``TargetedPlan`` of goal ``spec.goal`` for the attacked set (feats (N, D), pids,
     camids: the queries, or the gallery for CA) and ``other`` = (features, pids, camids) of
@@ -252,36 +279,19 @@ def targeted_plan(name, spec, feats, pids, camids, other, *, m=1, w=1, cosine=Fa
                                           ("--rank-w", w, len(o_pids), "query set", goal in GALLERY_GOALS)):
         if used and not (isinstance(value, int) and 1 <= value <= size):
             raise ReidError(f"{flag} {value}: expected an integer from 1 to the size of the {what} ({size})")
-    rows = torch.arange(len(pids))
-    attackable = pids > 0
-    if goal in GALLERY_GOALS:
-        # the gallery image is ranked by the queries; its own row of the ranked set is itself
+    if goal in GALLERY_GOALS:  # the gallery image is ranked by the queries; its own row of the ranked set is itself
         ranked, r_pids, r_camids = feats.cpu(), pids, camids
-        same = o_pids.view(1, -1) == pids.view(-1, 1)
-        other_cam = o_camids.view(1, -1) != camids.view(-1, 1)
-        pool = (o_pids.view(1, -1) > 0) & (~same if goal == "CA+" else same & other_cam)
-        targets, mask = _draw(generator, rows, pool & attackable.view(-1, 1), w)
-        loss = TargetedLoss(goal, ranked, r_pids, r_camids, o_pids, o_camids, targets, mask, cosine,
-                            anchors=o_feats.cpu(), own=rows)
     else:
         ranked, r_pids, r_camids = o_feats.cpu(), o_pids, o_camids
-        valid = valid_items(pids, camids, r_pids, r_camids)
-        match = valid & (r_pids.view(1, -1) == pids.view(-1, 1))
-        if goal in ("QA+", "QA-", "TMA"):
-            pool = valid & ~match if goal == "QA+" else match if goal == "QA-" else (
-                valid & ~match & (r_pids.view(1, -1) > 0))
-            targets, mask = _draw(generator, rows, pool & attackable.view(-1, 1), 1 if goal == "TMA" else m)
-        else:  # LTM, GTM, GTT: from the clean ranking
-            dist = torch.cat([distances(block, ranked, cosine) for block in feats.cpu().split(_CHUNK)])
-            dist = dist.masked_fill(~valid, float("inf"))
-            top1 = dist.argmin(1)
-            if goal == "GTM":  # the nearest item of an identity other than the top-1's
-                dist = dist.masked_fill(r_pids.view(1, -1) == r_pids[top1].view(-1, 1), float("inf"))
-                top1 = dist.argmin(1)
-            targets = top1.view(-1, 1)
-            mask = torch.isfinite(dist.gather(1, targets)) & attackable.view(-1, 1)
-            if goal == "LTM":
-                mask = (match.any(1) & (valid & ~match).any(1) & attackable).view(-1, 1)
+    count = w if goal in GALLERY_GOALS else m if goal in ("QA+", "QA-") else 1
+    parts = [_block_targets(goal, rows, feats[rows].cpu(), pids[rows], camids[rows], (ranked, r_pids, r_camids),
+                            (o_pids, o_camids), count, cosine, generator)
+             for rows in torch.arange(len(pids)).split(_CHUNK)]
+    targets, mask = torch.cat([t for t, _ in parts]), torch.cat([k for _, k in parts])
+    if goal in GALLERY_GOALS:
+        loss = TargetedLoss(goal, ranked, r_pids, r_camids, o_pids, o_camids, targets, mask, cosine,
+                            anchors=o_feats.cpu(), own=torch.arange(len(pids)))
+    else:
         loss = TargetedLoss(goal, ranked, r_pids, r_camids, pids, camids, targets, mask, cosine)
     attacked = mask.any(1).to(feats.device)
     return TargetedPlan(name, spec, feats, attacked, torch.zeros_like(attacked), loss.to(feats.device), bool(cosine))
