@@ -33,7 +33,7 @@ demo: $(STAMP) $(DEMO_DATA)/query
 		--workers 2 --device cpu --out attacks/demo-uap
 
 test: $(STAMP)
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q --durations=25 tests
 
 bench: $(STAMP) $(DEMO_DATA)/query
 	$(PYTHON) benchmarks/bench_metrics.py --out benchmarks/bench_metrics.json

@@ -245,13 +245,15 @@ def _block_targets(goal, rows, feats, pids, camids, ranked, other, count, cosine
     if goal in GALLERY_GOALS:  # W queries: of other identities (CA+), or that the image truly matches (CA-)
         o_pids, o_camids = other
         same = o_pids.view(1, -1) == pids.view(-1, 1)
-        pool = (o_pids.view(1, -1) > 0) & (~same if goal == "CA+" else same & (o_camids.view(1, -1) != camids.view(-1, 1)))
+        other_cam = o_camids.view(1, -1) != camids.view(-1, 1)
+        pool = (o_pids.view(1, -1) > 0) & (~same if goal == "CA+" else same & other_cam)
         return _draw(generator, rows, pool & attackable, count)
     bank, r_pids, r_camids = ranked
     valid = valid_items(pids, camids, r_pids, r_camids)
     match = valid & (r_pids.view(1, -1) == pids.view(-1, 1))
     if goal in ("QA+", "QA-", "TMA"):
-        pool = valid & ~match if goal == "QA+" else match if goal == "QA-" else valid & ~match & (r_pids.view(1, -1) > 0)
+        identity = r_pids.view(1, -1) > 0  # TMA: another person, not a distractor
+        pool = valid & ~match if goal == "QA+" else match if goal == "QA-" else valid & ~match & identity
         return _draw(generator, rows, pool & attackable, count)
     if goal == "LTM":  # no target: its true matches and non-matches
         return torch.zeros(len(rows), 1, dtype=torch.long), match.any(1, keepdim=True) & (valid & ~match).any(
