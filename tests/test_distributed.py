@@ -273,6 +273,44 @@ def test_ctrl_c_stops_every_process_and_keeps_the_last_checkpoint(tiny_data, tmp
     check_checkpoint(tmp_path, epoch + 1)                            # one record per epoch, no leftovers
 
 
+def rank_pid(launcher, rank_):
+    """The pid of torchrun's child process of rank `rank_` (RANK in its environment), or None."""
+    children = []
+    for task in os.listdir(f"/proc/{launcher}/task"):
+        with open(f"/proc/{launcher}/task/{task}/children") as f:
+            children += [int(p) for p in f.read().split()]
+    for pid in children:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if f"RANK={rank_}".encode() in f.read().split(b"\0"):
+                    return pid
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.distributed
+def test_a_killed_rank_with_loader_workers_leaves_the_survivor_one_line(tiny_data, tmp_path):
+    # kill -9 of one process while both iterate loaders with workers: torchrun stops the other
+    args = [a if a != 0 else 2 for a in train_args(tiny_data, tmp_path, "--classif", epochs=100)]
+    proc = subprocess.Popen(command(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ONE_THREAD, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "m-last.th").exists():                  # both ranks are in their epochs' loops
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        os.kill(rank_pid(proc.pid, 1), signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    ours = err.split("Traceback (most recent call last):\n  File \"<frozen runpy>\"")[0]  # before torchrun's report
+    assert "stopped by torchrun" in ours or "another process of this run stopped" in ours, err
+    assert "Traceback" not in ours and "DataLoader worker" not in err and "Exception ignored" not in err, err
+    assert "SIGKILL" in err.split("Root Cause", 1)[1]                  # torchrun names the killed one
+
+
 def png(path):
     return np.asarray(Image.open(path))
 

@@ -74,7 +74,15 @@ def is_main():
 
 
 def _terminate(signum, frame):
-    raise SystemExit(128 + signum)
+    """SIGTERM from torchrun, which stops every process once one has ended: one line (unless
+    ``on_error`` said why already) and out at once. Not an exception unwinding the stack: its
+    loader iterators would meet workers killed by the same signal and print their tracebacks;
+    every file is written atomically, so stopping mid-write loses nothing but that write."""
+    if not _STATE.get("said"):
+        print("error: stopped by torchrun: another process of this run ended first (see its message)",
+              file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(128 + signum)
 
 
 def setup(device="auto", gpu=None):
@@ -130,6 +138,7 @@ def on_error(err):
     if active() and isinstance(err, RuntimeError) and any(s in text for s in _PEER_LOST):
         print("error: another process of this run stopped (see its message); this one stops too",
               file=sys.stderr, flush=True)
+        _STATE["said"] = True
         time.sleep(STOP_WAIT)
         sys.exit(1)
     if os.environ.get("TORCHELASTIC_ERROR_FILE"):
