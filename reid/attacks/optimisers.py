@@ -250,15 +250,18 @@ def _square_linf(predict, loss_fn, x, x0, y, eps, step, max_iter, generators=Non
         return draw(2, shape).to(x.dtype) * 2 - 1
 
     cur = torch.minimum(torch.maximum(x + eps * signs((channels, 1, width)), lo), hi)
+    # every later query's draws at once, one (queries, 2 + channels) table per image: window
+    # corner and channel signs are these integers modulo their ranges (a bias below 2^-50)
+    table = draw(2 ** 62, (n_queries, 2 + channels))
     loss, _ = _loss_and_grad(predict, loss_fn, cur, y, need_grad=False)
     rows = torch.arange(height, device=x.device).view(1, 1, height, 1)
     cols = torch.arange(width, device=x.device).view(1, 1, 1, width)
     for query in range(1, n_queries):
         side = _square_side(p_init, query, n_queries, height, width)
-        top = draw(height - side + 1).view(-1, 1, 1, 1)
-        left = draw(width - side + 1).view(-1, 1, 1, 1)
+        top = (table[:, query, 0] % (height - side + 1)).view(-1, 1, 1, 1)
+        left = (table[:, query, 1] % (width - side + 1)).view(-1, 1, 1, 1)
         window = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
-        sign = signs((channels, 1, 1))
+        sign = (table[:, query, 2:] % 2).to(x.dtype).view(-1, channels, 1, 1) * 2 - 1
         same = (torch.where(window, x + eps * sign, cur).clamp(0, 1) - cur).abs().flatten(1).amax(1) == 0
         sign = torch.where(same.view(-1, 1, 1, 1), -sign, sign)
         proposal = torch.minimum(torch.maximum(torch.where(window, x + eps * sign, cur), lo), hi)
