@@ -337,7 +337,7 @@ def table(results, variants):
     for goal, runs in results.items():
         seeds = sorted(runs, key=int)
         metrics = [main_metric(goal)] + (["top1", "top10"] if main_metric(goal) == "prank" else []) + (
-            ["mAP"] if goal in ("LTM", "GTM") else [])
+            ["mAP"] if goal in ("LTM", "GTM") else ["rank1", "mAP"] if goal == "GTT" else [])
         for k, metric in enumerate(metrics):
             vals = {c: [runs[s][c][metric] for s in seeds if metric in runs[s].get(c, {})] for c in cols}
             own = [runs[s]["ours_own_targets"][metric] for s in seeds if "ours_own_targets" in runs[s]]
@@ -371,9 +371,15 @@ def main():
                    help="diagnostic variants of ours (plain: hinges on plain, not squared, Euclidean distance)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "parity_robrank.json"))
+    p.add_argument("--table", action="store_true", help="print the table of --out's results and exit")
     p.add_argument("--show-patch", action="store_true", help="print the patch applied to RobRank's files and exit")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.table:
+        with open(args.out) as f:
+            results = json.load(f)["results"]
+        print(table({g: results[g] for g in GOALS if g in results}, args.variants))
+        return
     advrank, patch, commit = load_robrank(args.robrank)
     if args.show_patch:
         print(patch)
