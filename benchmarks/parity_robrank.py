@@ -159,16 +159,17 @@ def features(model, images, batch=64):
 
 # ---------------------------------------------------------------- one goal, one seed
 @contextlib.contextmanager
-def plain_euclidean():
-    """Diagnostic only: our hinges on the plain (not squared) Euclidean distance of normalised
-    features, RobRank's 'N', by swapping targeted.py's distance helpers during the attack."""
+def squared_euclidean():
+    """Diagnostic only: our hinges on the squared Euclidean distance of normalised features
+    (1 - cos, the form before this comparison), by swapping targeted.py's distance helpers
+    during the attack; ours now uses the plain distance sqrt(2 (1 - cos)), RobRank's 'N'."""
     dist, pair = targeted_mod.distances, targeted_mod._pair_distance
 
     def d(f, bank, cosine):
-        return (2 * dist(f, bank, cosine)).clamp(min=1e-12).sqrt()
+        return dist(f, bank, cosine).pow(2) / 2
 
     def p(f, g, cosine):
-        return (2 * pair(f, g, cosine)).clamp(min=1e-12).sqrt()
+        return pair(f, g, cosine).pow(2) / 2
     targeted_mod.distances, targeted_mod._pair_distance = d, p
     try:
         yield
@@ -274,7 +275,7 @@ def run_goal(goal, seed, S, rr, args, model):
 
     def ours(p, variant=None):
         t = time.time()
-        with (plain_euclidean() if variant == "plain" else contextlib.nullcontext()):
+        with (squared_euclidean() if variant == "squared" else contextlib.nullcontext()):
             _, f = attack_batch(model, a_img[rows], p, rows, eps=args.eps, step=args.step, max_iter=args.iters,
                                 generator=torch.Generator().manual_seed(seed))
         out = a_feat.clone()
@@ -367,8 +368,8 @@ def main():
     p.add_argument("--eps", type=float, default=8.0)
     p.add_argument("--step", type=float, default=3.0)
     p.add_argument("--iters", type=int, default=32)
-    p.add_argument("--variants", nargs="*", default=[], choices=["plain"],
-                   help="diagnostic variants of ours (plain: hinges on plain, not squared, Euclidean distance)")
+    p.add_argument("--variants", nargs="*", default=[], choices=["squared"],
+                   help="diagnostic variants of ours (squared: hinges on the squared Euclidean distance)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "parity_robrank.json"))
     p.add_argument("--table", action="store_true", help="print the table of --out's results and exit")

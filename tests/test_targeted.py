@@ -33,7 +33,8 @@ def valid(q, x):
 
 
 def d(a, b):
-    return float(((a - b) ** 2).sum())
+    """The losses' distance: Euclidean, not squared (see reid/attacks/targeted.py)."""
+    return float(((a - b) ** 2).sum().sqrt())
 
 
 def query_plan(name, qf, gf, seed=0, m=1):

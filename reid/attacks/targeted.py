@@ -4,8 +4,10 @@ them), measured the re-ID way: rows ``QA+``, ``QA-``, ``CA+``, ``CA-``, ``TMA``,
 
 Every goal is stated against the clean ranking of the Market-1501 protocol: a query ranks the
 *valid* gallery items (its own identity seen by its own camera and junk, pid -1, removed;
-distractors, pid 0, are non-matches); d is the evaluation's distance (squared Euclidean, or
-1 - cosine with ``--cosine``). The loss is maximised.
+distractors, pid 0, are non-matches); d is the Euclidean distance (of L2-normalised features
+with ``--cosine``): it ranks as the evaluation's squared distance does, and measured against
+RobRank's code on the same targets, hinges on the squared distance were weaker for QA- and
+GTT (benchmarks/parity_robrank.md). The loss is maximised.
 
   QA+  the query rises M chosen gallery items of other identities (distractors included) to
        the top of its ranking:  -mean_c mean_x [d(q, c) - d(q, x)]_+ ,  x over its valid items;
@@ -64,11 +66,16 @@ _CHUNK = 256  # rows per block of the measurement's distance matrices
 
 
 def distances(f, bank, cosine):
-    """(B, D) x (G, D) -> (B, G), differentiable in ``f``: the evaluation's distance (squared
-    Euclidean; 1 - cosine of L2-normalised features with ``cosine``)."""
+    """(B, D) x (G, D) -> (B, G), differentiable in ``f``: the Euclidean distance (not squared;
+    of L2-normalised features with ``cosine``), which ranks as the evaluation's distance does."""
     if cosine:
-        return 1.0 - F.normalize(f, dim=1) @ F.normalize(bank, dim=1).t()
-    return f.pow(2).sum(1, keepdim=True) + bank.pow(2).sum(1) - 2 * f @ bank.t()
+        return _root(2.0 - 2.0 * F.normalize(f, dim=1) @ F.normalize(bank, dim=1).t())
+    return _root(f.pow(2).sum(1, keepdim=True) + bank.pow(2).sum(1) - 2 * f @ bank.t())
+
+
+def _root(squared):
+    """sqrt, with a finite gradient where a distance is 0."""
+    return squared.clamp(min=1e-12).sqrt()
 
 
 def valid_items(q_pids, q_camids, g_pids, g_camids):
@@ -145,8 +152,8 @@ class TargetedLoss(nn.Module):
 def _pair_distance(f, g, cosine):
     """(B, 1, D) against (B, T, D) -> (B, T), the distance of each row to its own targets."""
     if cosine:
-        return 1.0 - (F.normalize(f, dim=2) * F.normalize(g, dim=2)).sum(2)
-    return (f - g).pow(2).sum(2)
+        return _root(2.0 - 2.0 * (F.normalize(f, dim=2) * F.normalize(g, dim=2)).sum(2))
+    return _root((f - g).pow(2).sum(2))
 
 
 def _masked_mean(values, valid, target_mask):
