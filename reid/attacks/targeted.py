@@ -195,9 +195,9 @@ class TargetedPlan(PlanBase):
     def measure(self, feats):
         """The goal's metrics (``GOAL_METRICS``) of the attacked images with features ``feats``
         (N, D): adversarial ones, or ``self.feats`` for the clean values. Fractions."""
-        goal, loss = self.spec.goal, self.loss.cpu()
-        feats = torch.as_tensor(feats).detach().float().cpu()
-        rows = self.attacked.cpu().nonzero().squeeze(1)
+        goal, loss, device = self.spec.goal, self.loss, self.loss.ranked.device  # on the plan's device
+        feats = torch.as_tensor(feats).detach().float().to(device)
+        rows = self.attacked.to(device).nonzero().squeeze(1)
         if goal not in TARGETED_GOALS and goal != "GTT":
             return {}
         if goal == "TMA":
@@ -212,7 +212,7 @@ class TargetedPlan(PlanBase):
                 clean = distances(anchors.reshape(-1, dim), loss.ranked, loss.cosine).view(b, w, -1)
                 valid = valid_items(loss.a_pids[tgt.clamp(min=0)].view(-1), loss.a_camids[tgt.clamp(min=0)].view(-1),
                                     loss.r_pids, loss.r_camids).view(b, w, -1)
-                valid[torch.arange(b), :, loss.own[block]] = False
+                valid[torch.arange(b, device=device), :, loss.own[block]] = False
                 own = _pair_distance(feats[block].unsqueeze(1), anchors, loss.cosine)
                 ranks.append(((clean < own.unsqueeze(2)) & valid).sum(2)[mask])
                 sizes.append(valid.sum(2)[mask])  # the other items: ranks run 0 .. sizes
@@ -220,7 +220,8 @@ class TargetedPlan(PlanBase):
             dist = distances(feats[block], loss.ranked, loss.cosine)
             valid = valid_items(loss.a_pids[block], loss.a_camids[block], loss.r_pids, loss.r_camids)
             own = dist.gather(1, tgt.clamp(min=0))
-            others = valid.unsqueeze(1) & (torch.arange(dist.shape[1]).view(1, 1, -1) != tgt.unsqueeze(2))
+            others = valid.unsqueeze(1) & (torch.arange(dist.shape[1], device=device).view(1, 1, -1) !=
+                                           tgt.unsqueeze(2))
             ranks.append(((dist.unsqueeze(1) < own.unsqueeze(2)) & others).sum(2)[mask])
             sizes.append(others.sum(2)[mask])
         rank, size = torch.cat(ranks).double(), torch.cat(sizes).double()
@@ -234,6 +235,7 @@ def _draw(generator, rows, pool, count):
     """For each row i, ``count`` distinct columns where ``pool[i]`` is True (fewer if the pool
     is smaller), from image i's own generator; (N, count) indices and their mask."""
     seed = generator.initial_seed() if generator is not None else torch.initial_seed()
+    device, pool, rows = pool.device, pool.cpu(), rows.cpu()  # drawn on the CPU (the images' generators)
     index = torch.zeros(len(pool), count, dtype=torch.long)
     mask = torch.zeros(len(pool), count, dtype=torch.bool)
     sizes = pool.sum(1)
@@ -242,7 +244,7 @@ def _draw(generator, rows, pool, count):
         picked = torch.multinomial(pool[i].double(), n, replacement=False,
                                    generator=image_generator(seed, int(rows[i]) + _SELECT_SLOT))
         index[i, :n], mask[i, :n] = picked, True
-    return index, mask
+    return index.to(device), mask.to(device)
 
 
 def _block_targets(goal, rows, feats, pids, camids, ranked, other, count, cosine, generator):
@@ -263,7 +265,8 @@ def _block_targets(goal, rows, feats, pids, camids, ranked, other, count, cosine
         pool = valid & ~match if goal == "QA+" else match if goal == "QA-" else valid & ~match & identity
         return _draw(generator, rows, pool & attackable, count)
     if goal == "LTM":  # no target: its true matches and non-matches
-        return torch.zeros(len(rows), 1, dtype=torch.long), match.any(1, keepdim=True) & (valid & ~match).any(
+        return torch.zeros(len(rows), 1, dtype=torch.long, device=feats.device), match.any(1, keepdim=True) & (
+            valid & ~match).any(
             1, keepdim=True) & attackable
     dist = distances(feats, bank, cosine).masked_fill(~valid, float("inf"))
     top1 = dist.argmin(1)
@@ -281,25 +284,26 @@ def targeted_plan(name, spec, feats, pids, camids, other, *, m=1, w=1, cosine=Fa
     gallery image (CA). Raises ReidError if ``m`` / ``w`` is below 1 or above the set it draws from."""
     goal = spec.goal
     feats = torch.as_tensor(feats).detach().float()
-    cpu = lambda v: torch.as_tensor(v).long().reshape(-1).cpu()  # noqa: E731
-    pids, camids = cpu(pids), cpu(camids)
-    o_feats, o_pids, o_camids = torch.as_tensor(other[0]).detach().float(), cpu(other[1]), cpu(other[2])
+    device = feats.device  # the selection's distances where the features are (a GPU's, on one)
+    ids = lambda v: torch.as_tensor(v).long().reshape(-1).to(device)  # noqa: E731
+    pids, camids = ids(pids), ids(camids)
+    o_feats, o_pids, o_camids = torch.as_tensor(other[0]).detach().float().to(device), ids(other[1]), ids(other[2])
     for flag, value, size, what, used in (("--rank-m", m, len(o_pids), "gallery", goal in ("QA+", "QA-")),
                                           ("--rank-w", w, len(o_pids), "query set", goal in GALLERY_GOALS)):
         if used and not (isinstance(value, int) and 1 <= value <= size):
             raise ReidError(f"{flag} {value}: expected an integer from 1 to the size of the {what} ({size})")
     if goal in GALLERY_GOALS:  # the gallery image is ranked by the queries; its own row of the ranked set is itself
-        ranked, r_pids, r_camids = feats.cpu(), pids, camids
+        ranked, r_pids, r_camids = feats, pids, camids
     else:
-        ranked, r_pids, r_camids = o_feats.cpu(), o_pids, o_camids
+        ranked, r_pids, r_camids = o_feats, o_pids, o_camids
     count = w if goal in GALLERY_GOALS else m if goal in ("QA+", "QA-") else 1
-    parts = [_block_targets(goal, rows, feats[rows].cpu(), pids[rows], camids[rows], (ranked, r_pids, r_camids),
+    parts = [_block_targets(goal, rows, feats[rows], pids[rows], camids[rows], (ranked, r_pids, r_camids),
                             (o_pids, o_camids), count, cosine, generator)
-             for rows in torch.arange(len(pids)).split(_CHUNK)]
+             for rows in torch.arange(len(pids), device=device).split(_CHUNK)]
     targets, mask = torch.cat([t for t, _ in parts]), torch.cat([k for _, k in parts])
     if goal in GALLERY_GOALS:
         loss = TargetedLoss(goal, ranked, r_pids, r_camids, o_pids, o_camids, targets, mask, cosine,
-                            anchors=o_feats.cpu(), own=torch.arange(len(pids)))
+                            anchors=o_feats, own=torch.arange(len(pids), device=device))
     else:
         loss = TargetedLoss(goal, ranked, r_pids, r_camids, pids, camids, targets, mask, cosine)
     attacked = mask.any(1).to(feats.device)
