@@ -103,6 +103,7 @@ RANK = AttackSpec(None, None, "pgd", False, "PGD on the ranking loss: the neares
 _GOAL_TEXT = {
     "QA+": "query attack: M gallery images of other identities raised to the top of the query's ranking",
     "QA-": "query attack: M of the query's true matches pushed to the bottom of its ranking",
+    "SPQA+": "semantics-preserving QA+: the candidates raised while the query's nearest true matches stay on top",
     "CA+": "candidate attack: a gallery image raised in the rankings of W queries of other identities",
     "CA-": "candidate attack: a gallery image pushed down the rankings of W queries it truly matches",
     "TMA": "targeted mismatch: the query's feature onto that of a random image of another identity",

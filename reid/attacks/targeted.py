@@ -13,6 +13,8 @@ GTT (benchmarks/parity_robrank.md). The loss is maximised.
        the top of its ranking:  -mean_c mean_x [d(q, c) - d(q, x)]_+ ,  x over its valid items;
   QA-  the query pushes M of its own true matches (its identity, another camera) to the
        bottom:  -mean_c mean_x [d(q, x) - d(q, c)]_+ ;
+  SPQA+ semantics-preserving QA+: QA+ minus SP_XI (1) x the QA+ hinge of the query's SP_KEEP (5)
+       nearest clean true matches, which stay near the top (the manipulation is hard to notice);
   CA+  a *gallery* image c rises in the rankings of W queries of other identities:
        -mean_w mean_x [d(c, q_w) - d(x, q_w)]_+ ,  x over q_w's valid items but c;
   CA-  a gallery image falls in the rankings of W queries of its own identity (queries it is
@@ -50,17 +52,19 @@ from .guides import PlanBase
 
 from reid.runtime import ReidError, image_generator
 
-QUERY_GOALS = ("QA+", "QA-", "TMA", "LTM", "GTM", "GTT")
+QUERY_GOALS = ("QA+", "QA-", "SPQA+", "TMA", "LTM", "GTM", "GTT")
 GALLERY_GOALS = ("CA+", "CA-")
 GOALS = QUERY_GOALS + GALLERY_GOALS
-TARGETED_GOALS = ("QA+", "QA-", "CA+", "CA-", "TMA")
+TARGETED_GOALS = ("QA+", "QA-", "SPQA+", "CA+", "CA-", "TMA")
 """Goals about chosen targets: scored by their own metric, never a candidate of the worst case
 (LTM, GTM and GTT mis-rank the query's own identity, as the untargeted attacks do)."""
 
 GOAL_METRICS = {"QA+": ("prank", "top1", "top10"), "QA-": ("prank", "top1", "top10"),
+                "SPQA+": ("prank", "top1", "top10", "kept_prank"),
                 "CA+": ("prank", "top1", "top10"), "CA-": ("prank", "top1", "top10"),
                 "TMA": ("cosine",), "GTT": ("retain4",), "LTM": (), "GTM": ()}
 
+SP_KEEP, SP_XI = 5, 1.0  # SPQA+: the query's nearest true matches it keeps near the top, and their weight
 _SELECT_SLOT = 2 ** 17 * 2 ** 32  # target draws: image i's generator is seeded with (seed, i + this)
 _CHUNK = 256  # rows per block of the measurement's distance matrices
 
@@ -95,7 +99,7 @@ class TargetedLoss(nn.Module):
     """
 
     def __init__(self, goal, ranked, r_pids, r_camids, a_pids, a_camids, targets, target_mask, cosine=False,
-                 anchors=None, own=None):
+                 anchors=None, own=None, keep=None, keep_mask=None):
         super().__init__()
         self.goal, self.cosine = goal, bool(cosine)
         long = lambda v: torch.as_tensor(v, device=ranked.device).long().reshape(-1)  # noqa: E731
@@ -109,6 +113,8 @@ class TargetedLoss(nn.Module):
         self.register_buffer("anchors", (anchors if anchors is not None else ranked.new_zeros(0, ranked.shape[1]))
                              .detach().float())
         self.register_buffer("own", own.long() if own is not None else torch.full((len(targets),), -1).long())
+        self.register_buffer("keep", keep.long() if keep is not None else targets.new_zeros(len(targets), 0).long())
+        self.register_buffer("keep_mask", keep_mask.bool() if keep_mask is not None else self.keep.bool())
 
     def per_sample(self, features, rows):
         rows = torch.as_tensor(rows, device=self.ranked.device).long().reshape(-1)
@@ -138,9 +144,10 @@ class TargetedLoss(nn.Module):
             nearest = dist.masked_fill(~match, float("inf")).amin(1)
             defined = match.any(1) & other.any(1)
             return torch.where(defined, -(furthest - nearest).clamp(min=0), torch.zeros_like(furthest))
-        a = dist.gather(1, tgt.clamp(min=0))  # (B, T): QA+, QA-, GTT
-        diff = a.unsqueeze(2) - dist.unsqueeze(1) if self.goal == "QA+" else dist.unsqueeze(1) - a.unsqueeze(2)
-        return -_masked_mean(diff.clamp(min=0), valid.unsqueeze(1).expand_as(diff), mask)
+        loss = -_hinge(dist, tgt, valid, mask, rise=self.goal != "QA-" and self.goal != "GTT")  # QA+-, SPQA+, GTT
+        if self.goal == "SPQA+":  # and the query's nearest true matches kept ahead of the other items
+            loss = loss - SP_XI * _hinge(dist, self.keep[rows], valid, self.keep_mask[rows].to(f.dtype), rise=True)
+        return loss
 
     def forward(self, features, rows):
         return self.per_sample(features, rows).sum()
@@ -154,6 +161,14 @@ def _pair_distance(f, g, cosine):
     if cosine:
         return _root(2.0 - 2.0 * (F.normalize(f, dim=2) * F.normalize(g, dim=2)).sum(2))
     return _root((f - g).pow(2).sum(2))
+
+
+def _hinge(dist, targets, valid, mask, rise):
+    """(B,) the mean over real targets of the mean over valid items x of [d(t) - d(x)]_+ (``rise``:
+    the target to come ahead of x) or [d(x) - d(t)]_+ (to fall behind x)."""
+    a = dist.gather(1, targets.clamp(min=0)).unsqueeze(2)
+    diff = a - dist.unsqueeze(1) if rise else dist.unsqueeze(1) - a
+    return _masked_mean(diff.clamp(min=0), valid.unsqueeze(1).expand_as(diff), mask)
 
 
 def _masked_mean(values, valid, target_mask):
@@ -203,7 +218,7 @@ class TargetedPlan(PlanBase):
         if goal == "TMA":
             cos = F.cosine_similarity(feats[rows], loss.ranked[loss.targets[rows, 0]], dim=1)
             return {"cosine": float(cos.mean())}
-        ranks, sizes = [], []
+        ranks, sizes, kept = [], [], []
         for block in rows.split(_CHUNK):
             tgt, mask = loss.targets[block], loss.target_mask[block]
             if goal in GALLERY_GOALS:  # the candidate's rank among the clean items of each of its queries
@@ -219,16 +234,29 @@ class TargetedPlan(PlanBase):
                 continue
             dist = distances(feats[block], loss.ranked, loss.cosine)
             valid = valid_items(loss.a_pids[block], loss.a_camids[block], loss.r_pids, loss.r_camids)
-            own = dist.gather(1, tgt.clamp(min=0))
-            others = valid.unsqueeze(1) & (torch.arange(dist.shape[1], device=device).view(1, 1, -1) !=
-                                           tgt.unsqueeze(2))
-            ranks.append(((dist.unsqueeze(1) < own.unsqueeze(2)) & others).sum(2)[mask])
-            sizes.append(others.sum(2)[mask])
+            rank, size = _ranks(dist, valid, tgt, mask)
+            ranks.append(rank)
+            sizes.append(size)
+            if goal == "SPQA+":
+                kept.append(torch.div(*_ranks(dist, valid, loss.keep[block], loss.keep_mask[block])))
         rank, size = torch.cat(ranks).double(), torch.cat(sizes).double()
         if goal == "GTT":
             return {"retain4": float((rank < 4).double().mean())}
-        return {"prank": float((rank / size.clamp(min=1)).mean()), "top1": float((rank < 1).double().mean()),
-                "top10": float((rank < 10).double().mean())}
+        out = {"prank": float((rank / size.clamp(min=1)).mean()), "top1": float((rank < 1).double().mean()),
+               "top10": float((rank < 10).double().mean())}
+        if goal == "SPQA+":
+            out["kept_prank"] = float(torch.cat(kept).mean())
+        return out
+
+
+def _ranks(dist, valid, targets, mask):
+    """Each real target's rank (the valid items strictly closer than it; 0 = top) and the number
+    of the other valid items, as 1-D double tensors; ``dist`` (B, G), targets / mask (B, T)."""
+    own = dist.gather(1, targets.clamp(min=0))
+    others = valid.unsqueeze(1) & (torch.arange(dist.shape[1], device=dist.device).view(1, 1, -1) !=
+                                   targets.unsqueeze(2))
+    rank = ((dist.unsqueeze(1) < own.unsqueeze(2)) & others).sum(2)[mask]
+    return rank.double(), others.sum(2)[mask].double().clamp(min=1)
 
 
 def _draw(generator, rows, pool, count):
@@ -260,10 +288,15 @@ def _block_targets(goal, rows, feats, pids, camids, ranked, other, count, cosine
     bank, r_pids, r_camids = ranked
     valid = valid_items(pids, camids, r_pids, r_camids)
     match = valid & (r_pids.view(1, -1) == pids.view(-1, 1))
-    if goal in ("QA+", "QA-", "TMA"):
+    if goal in ("QA+", "QA-", "TMA", "SPQA+"):
         identity = r_pids.view(1, -1) > 0  # TMA: another person, not a distractor
-        pool = valid & ~match if goal == "QA+" else match if goal == "QA-" else valid & ~match & identity
-        return _draw(generator, rows, pool & attackable, count)
+        pool = match if goal == "QA-" else valid & ~match & identity if goal == "TMA" else valid & ~match
+        targets, mask = _draw(generator, rows, pool & attackable, count)
+        if goal != "SPQA+":
+            return targets, mask
+        dist = distances(feats, bank, cosine).masked_fill(~match, float("inf"))
+        near = dist.topk(min(SP_KEEP, dist.shape[1]), dim=1, largest=False)
+        return targets, mask, near.indices, torch.isfinite(near.values)
     if goal == "LTM":  # no target: its true matches and non-matches
         return torch.zeros(len(rows), 1, dtype=torch.long, device=feats.device), match.any(1, keepdim=True) & (
             valid & ~match).any(
@@ -288,7 +321,7 @@ def targeted_plan(name, spec, feats, pids, camids, other, *, m=1, w=1, cosine=Fa
     ids = lambda v: torch.as_tensor(v).long().reshape(-1).to(device)  # noqa: E731
     pids, camids = ids(pids), ids(camids)
     o_feats, o_pids, o_camids = torch.as_tensor(other[0]).detach().float().to(device), ids(other[1]), ids(other[2])
-    for flag, value, size, what, used in (("--rank-m", m, len(o_pids), "gallery", goal in ("QA+", "QA-")),
+    for flag, value, size, what, used in (("--rank-m", m, len(o_pids), "gallery", goal in ("QA+", "QA-", "SPQA+")),
                                           ("--rank-w", w, len(o_pids), "query set", goal in GALLERY_GOALS)):
         if used and not (isinstance(value, int) and 1 <= value <= size):
             raise ReidError(f"{flag} {value}: expected an integer from 1 to the size of the {what} ({size})")
@@ -296,15 +329,16 @@ def targeted_plan(name, spec, feats, pids, camids, other, *, m=1, w=1, cosine=Fa
         ranked, r_pids, r_camids = feats, pids, camids
     else:
         ranked, r_pids, r_camids = o_feats, o_pids, o_camids
-    count = w if goal in GALLERY_GOALS else m if goal in ("QA+", "QA-") else 1
+    count = w if goal in GALLERY_GOALS else m if goal in ("QA+", "QA-", "SPQA+") else 1
     parts = [_block_targets(goal, rows, feats[rows], pids[rows], camids[rows], (ranked, r_pids, r_camids),
                             (o_pids, o_camids), count, cosine, generator)
              for rows in torch.arange(len(pids), device=device).split(_CHUNK)]
-    targets, mask = torch.cat([t for t, _ in parts]), torch.cat([k for _, k in parts])
+    targets, mask, *keep = (torch.cat(column) for column in zip(*parts))  # SPQA+: and its kept matches
     if goal in GALLERY_GOALS:
         loss = TargetedLoss(goal, ranked, r_pids, r_camids, o_pids, o_camids, targets, mask, cosine,
                             anchors=o_feats, own=torch.arange(len(pids), device=device))
     else:
-        loss = TargetedLoss(goal, ranked, r_pids, r_camids, pids, camids, targets, mask, cosine)
+        loss = TargetedLoss(goal, ranked, r_pids, r_camids, pids, camids, targets, mask, cosine,
+                            **dict(zip(("keep", "keep_mask"), keep)))
     attacked = mask.any(1).to(feats.device)
     return TargetedPlan(name, spec, feats, attacked, torch.zeros_like(attacked), loss.to(feats.device), bool(cosine))

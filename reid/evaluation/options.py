@@ -208,7 +208,7 @@ OPTIMISER_FLAGS = (
     ("--restarts", "restarts", lambda s: s.optimiser != "fgsm", "per-image attacks except FGSM"),
     ("--eot", "eot", lambda s: True, "per-image attacks"),
     ("--rank-k", "rank_k", lambda s: s.loss == "ranking", "per-image attacks on the ranking loss (*RANK)"),
-    ("--rank-m", "rank_m", lambda s: s.goal in ("QA+", "QA-"), "the query attacks QA+ / QA-"),
+    ("--rank-m", "rank_m", lambda s: s.goal in ("QA+", "QA-", "SPQA+"), "the query attacks QA+ / QA- / SPQA+"),
     ("--rank-w", "rank_w", lambda s: s.goal in ("CA+", "CA-"), "the candidate attacks CA+ / CA-"),
 )
 

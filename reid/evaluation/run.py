@@ -110,7 +110,7 @@ def run_attack(opts, name, eps, model, loaders, query, gallery, data, out, devic
                          **summarize_runs(goal_runs), "runs": goal_runs}
         if spec.goal in GALLERY_GOALS:
             entry["goal"]["queries_per_image"] = opts.rank_w
-        elif spec.goal in ("QA+", "QA-"):
+        elif spec.goal in ("QA+", "QA-", "SPQA+"):
             entry["goal"]["candidates_per_query"] = opts.rank_m
     return entry, per_query
 
