@@ -23,6 +23,7 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
+from .diversity import TransferModel
 from .guides import select_guides
 from .loss import GuidedLoss
 from .optimisers import OPTIMISERS, l2_directions, linf_box, project_l2
@@ -175,10 +176,12 @@ _SQUARE_SLOT = 2 ** 16
 
 
 def _perturb(model, x, loss_fn, y, optimiser, eps, step, max_iter, rand_start, generator, norm="linf",
-             rows=None, restarts=1, eot=1):
+             rows=None, restarts=1, eot=1, diversity=0.0, smoothing=0):
     """The core loop, budget already in [0, 1] pixel units. Returns the adversarial images."""
     opt = OPTIMISERS[optimiser]
-    predict = model if eot == 1 else EotModel(model, eot)
+    shaped = model if not (diversity or smoothing) else TransferModel(model, diversity, smoothing)
+    predict = shaped if eot == 1 else EotModel(shaped, eot)
+    score = model if eot == 1 else EotModel(model, eot)  # restarts compare their points without the techniques
     loss_fn = loss_fn if eot == 1 else EotLoss(loss_fn, eot)
     best, best_loss = None, None
     for restart in range(int(restarts)):
@@ -197,7 +200,7 @@ def _perturb(model, x, loss_fn, y, optimiser, eps, step, max_iter, rand_start, g
         if restarts == 1:
             return x_adv
         with torch.no_grad():
-            loss = loss_fn.per_sample(predict(x_adv), y)
+            loss = loss_fn.per_sample(score(x_adv), y)
         if best is None:
             best, best_loss = x_adv, loss
         else:
@@ -248,7 +251,7 @@ def _rows(batch_indices, batch_size, plan):
 
 
 def attack_batch(model, images, plan, batch_indices, *, eps=None, step=None, max_iter=15,
-                 generator=None, return_features=True, norm="linf", restarts=1, eot=1):
+                 generator=None, return_features=True, norm="linf", restarts=1, eot=1, diversity=0.0, smoothing=0):
     """Attack one batch of the attacked set.
 
     images (B, 3, H, W) in [0, 1]; ``batch_indices``: their positions in the attacked set
@@ -259,7 +262,8 @@ def attack_batch(model, images, plan, batch_indices, *, eps=None, step=None, max
 
     Returns ``(adv_images, adv_features)``: adv_images (B, 3, H, W) in [0, 1] with
     |adv - images| <= eps/255 (L-inf) or ||adv - images||_2 <= eps per image (L2); images
-    ``restarts`` and ``eot``: see the module docstring (1: off). Images
+    ``restarts`` and ``eot``: see the module docstring (1: off); ``diversity`` P and
+    ``smoothing`` K: the transfer techniques of ``diversity.py`` (0: off). Images
     the plan does not attack (pid <= 0) come back
     unchanged, with their clean features from the plan. adv_features (B, D) are the model's
     raw outputs (not normalised), from one no-grad forward pass on the attacked images
@@ -285,7 +289,8 @@ def attack_batch(model, images, plan, batch_indices, *, eps=None, step=None, max
         else:
             loss_fn, target = plan.objective(rows)
             x_adv = _perturb(model, adv[local], loss_fn, target.to(device), plan.spec.optimiser, eps, step,
-                             max_iter, plan.rand_start[rows], generator, norm, rows, restarts, eot)
+                             max_iter, plan.rand_start[rows], generator, norm, rows, restarts, eot, diversity,
+                             smoothing)
         if return_features:
             with torch.no_grad():
                 feats[local] = model(x_adv).to(feats.dtype)

@@ -76,6 +76,12 @@ def parse_args(argv=None):
                         "models that are random at inference (default 1)")
     p.add_argument("--rank-k", type=int, default=DEFAULTS.rank_k, metavar="K",
                    help="the *RANK attacks push the nearest true match behind the K-th non-match (default 1)")
+    p.add_argument("--input-diversity", type=float, default=DEFAULTS.input_diversity, metavar="P",
+                   help="transfer technique of the gradient attacks: each optimisation pass resizes-and-pads an image "
+                        "with probability P (default 0: off; docs/transfer.md)")
+    p.add_argument("--translation-invariance", type=int, default=DEFAULTS.translation_invariance, metavar="K",
+                   help="transfer technique of the gradient attacks: the gradient smoothed by a K x K Gaussian "
+                        "(odd K >= 3; default 0: off; docs/transfer.md)")
     p.add_argument("--rank-m", type=int, default=DEFAULTS.rank_m, metavar="M",
                    help="QA+ / QA-: gallery candidates per query (default 1)")
     p.add_argument("--rank-w", type=int, default=DEFAULTS.rank_w, metavar="W",

@@ -19,9 +19,9 @@ identity (straight-through), and the gradient-free Square attack needs no gradie
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torchvision.io import decode_jpeg, encode_jpeg
 
+from reid.attacks.diversity import resize_pad
 from reid.runtime import ReidError
 
 INPUT_DEFENCES = {
@@ -69,20 +69,7 @@ def _jpeg(x, quality):
     return out + 0.0 * x  # no gradient through the codec: zero, not an error
 
 
-def _resize_pad(x, smallest):
-    height, width = x.shape[-2:]
-    out = torch.zeros_like(x)
-    scales = smallest + (1.0 - smallest) * torch.rand(len(x))
-    for i, scale in enumerate(scales.tolist()):
-        h, w = max(1, round(height * scale)), max(1, round(width * scale))
-        top = int(torch.randint(0, height - h + 1, ()))
-        left = int(torch.randint(0, width - w + 1, ()))
-        out[i, :, top:top + h, left:left + w] = F.interpolate(x[i:i + 1], size=(h, w), mode="bilinear",
-                                                              align_corners=False)[0]
-    return out
-
-
-_TRANSFORMS = {"bitdepth": _bitdepth, "jpeg": _jpeg, "resize-pad": _resize_pad}
+_TRANSFORMS = {"bitdepth": _bitdepth, "jpeg": _jpeg, "resize-pad": resize_pad}
 
 
 class InputDefence(nn.Module):

@@ -12,14 +12,16 @@ from reid.runtime import distributed, progress
 
 def attack_split(model, loader, target, name, *, guides=None, single=False, cosine=False, eps=None,
                  step=None, max_iter=15, generator=None, device="cpu", on_batch=None, weighting="reference",
-                 norm="linf", ranked_against=None, rank_k=1, rank_m=1, rank_w=1, restarts=1, eot=1):
+                 norm="linf", ranked_against=None, rank_k=1, rank_m=1, rank_w=1, restarts=1, eot=1, diversity=0.0,
+                 smoothing=0):
     """Attack every image of the split `target` (a `Split`, `loader` yields its images in order).
 
     `name` is an attack of the registry, or a ready plan (e.g. a universal perturbation's
     `AdditivePlan`). Guides come from `target` itself, or from the `guides` split
     (`--cross_attack`); the ranking-loss and targeted attacks rank `target` against the split
     `ranked_against` (its clean features; `rank_k`: see `RankingLoss`; `rank_m`, `rank_w`: see
-    `reid.attacks.targeted`). `restarts`, `eot`: see `reid.attacks.core`.
+    `reid.attacks.targeted`). `restarts`, `eot`: see `reid.attacks.core`; `diversity`,
+    `smoothing`: the transfer techniques of `reid.attacks.diversity`.
     `max_iter` is the query budget of a gradient-free attack.
     `on_batch(clean, adv, indices, attacked)` sees each batch: its clean
     and adversarial images, their rows of `target`, and which of them the attack perturbed
@@ -46,7 +48,8 @@ def attack_split(model, loader, target, name, *, guides=None, single=False, cosi
     for images, _, _, idx in progress(distributed.shard_loader(loader), name):
         images = images.to(device, non_blocking=True)
         adv, feats = attack_batch(model, images, plan, idx, eps=eps, step=step, max_iter=max_iter,
-                                  generator=generator, norm=norm, restarts=restarts, eot=eot)
+                                  generator=generator, norm=norm, restarts=restarts, eot=eot, diversity=diversity,
+                                  smoothing=smoothing)
         adv_feats[idx.to(adv_feats.device)] = F.normalize(feats, dim=1) if cosine else feats
         moved = (adv - images).abs().amax() if norm == "linf" else (
             adv.double() - images.double()).flatten(1).norm(dim=1).amax()

@@ -32,6 +32,8 @@ class Options:
     rank_k: int = 1  # the ranking loss's non-match rank: the nearest true match pushed behind the k-th non-match
     rank_m: int = 1  # QA+ / QA-: candidates per query
     rank_w: int = 1  # CA+ / CA-: queries per attacked gallery image
+    input_diversity: float = 0.0  # transfer: each optimisation pass resizes-and-pads an image with this probability
+    translation_invariance: int = 0  # transfer: the gradient smoothed by a K x K Gaussian (0: off)
     input_defence: Optional[str] = None  # an input transformation before the model: bitdepth:B, jpeg:Q, resize-pad:R
     bpda: bool = False  # the input defence's backward replaced by the identity (straight-through)
     norm: str = "linf"  # threat model: "linf" (eps in /255) or "l2" (an L2 radius in [0, 1] pixel units)
@@ -162,6 +164,7 @@ def check_options(opts):
                              ("--rank-m", opts.rank_m, 1), ("--rank-w", opts.rank_w, 1)):
         check_number(flag, value, low)
     check_optimiser_flags(opts)
+    check_transfer_techniques(opts)
     if opts.input_defence is not None:
         kind, value = parse_input_defence(opts.input_defence)
         opts.input_defence = f"{kind}:{value:g}"
@@ -208,6 +211,8 @@ OPTIMISER_FLAGS = (
     ("--restarts", "restarts", lambda s: s.optimiser != "fgsm", "per-image attacks except FGSM"),
     ("--eot", "eot", lambda s: True, "per-image attacks"),
     ("--rank-k", "rank_k", lambda s: s.loss == "ranking", "per-image attacks on the ranking loss (*RANK)"),
+    ("--input-diversity", "input_diversity", lambda s: not s.gradient_free, "the gradient attacks"),
+    ("--translation-invariance", "translation_invariance", lambda s: not s.gradient_free, "the gradient attacks"),
     ("--rank-m", "rank_m", lambda s: s.goal in ("QA+", "QA-", "SPQA+"), "the query attacks QA+ / QA- / SPQA+"),
     ("--rank-w", "rank_w", lambda s: s.goal in ("CA+", "CA-"), "the candidate attacks CA+ / CA-"),
 )
@@ -227,6 +232,16 @@ def check_optimiser_flags(opts):
     if opts.cross_attack and specs and all(s.loss != "guided" for s in specs.values()):
         raise ReidError(f"--cross_attack: {', '.join(specs)} use no guides (their loss reads the other split); "
                         "drop --cross_attack")
+
+
+def check_transfer_techniques(opts):
+    """--input-diversity P in [0, 1]; --translation-invariance K: 0 (off) or an odd kernel size >= 3."""
+    p, k = opts.input_diversity, opts.translation_invariance
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+        raise ReidError(f"--input-diversity {p}: expected a probability in [0, 1]")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not (k == 0 or (k >= 3 and k % 2 == 1)):
+        raise ReidError(f"--translation-invariance {k}: expected 0 (off) or an odd kernel size >= 3")
+    opts.input_diversity, opts.translation_invariance = float(p), int(k)
 
 
 def default_out(stem, dataset):

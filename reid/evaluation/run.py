@@ -72,6 +72,7 @@ def run_attack(opts, name, eps, model, loaders, query, gallery, data, out, devic
                                      ranked_against=other if spec is not None and spec.uses_gallery else None,
                                      rank_k=opts.rank_k, rank_m=opts.rank_m, rank_w=opts.rank_w,
                                      restarts=restarts_of(spec, opts), eot=opts.eot,
+                                     diversity=opts.input_diversity, smoothing=opts.translation_invariance,
                                      on_batch=chain(saver, pictures, transfer))
         if saver is not None:  # every image saved: the folder loses its .partial
             saver.finish()
@@ -91,7 +92,9 @@ def run_attack(opts, name, eps, model, loaders, query, gallery, data, out, devic
             gf = adv.get("gallery_feats", gallery.feats)
             pictures.write(pairwise_distance(query.feats, gallery.feats, metric).cpu(),
                            pairwise_distance(qf, gf, metric).cpu())
-        random = st["random"] or restarts_of(spec, opts) > 1 or opts.eot > 1  # restarts, a random model: new draws
+        # restarts, a random model, input diversity: new draws
+        random = st["random"] or restarts_of(spec, opts) > 1 or opts.eot > 1 or (spec is not None and
+                                                                                 opts.input_diversity > 0)
         if not random and opts.nb_repeat > 1:
             print(f"note: {label} draws nothing at random here, so its -n {opts.nb_repeat} runs would be the same: "
                   "run once")
@@ -127,7 +130,8 @@ def optimiser_record(spec, iterations, opts):
     if spec is None:  # a universal perturbation or noise: added, no optimiser
         return {}
     record = {"optimiser": spec.optimiser, "uses_gallery": spec.uses_gallery, "gradient_free": spec.gradient_free,
-              "restarts": restarts_of(spec, opts), "eot": opts.eot}
+              "restarts": restarts_of(spec, opts), "eot": opts.eot, "input_diversity": opts.input_diversity,
+              "translation_invariance": opts.translation_invariance}
     cost = iterations * record["restarts"] * opts.eot
     if spec.gradient_free:  # every attacked image spends the whole budget (no success criterion)
         record["queries"] = {"per_image": cost, "mean": float(cost), "median": float(cost)}
