@@ -17,6 +17,7 @@ advertorch attack classes from here.
 """
 
 from ._compat import GradientAttack, GradientSignAttack, L2PGDAttack, LinfPGDAttack, MomentumIterativeAttack
+from .diversity import TransferModel, gaussian_kernel, resize_pad
 from .core import EotModel, attack_batch, attack_mode, perturb, plan_attack, project
 from .guides import WEIGHTINGS, AttackPlan, select_guides
 from .loss import GuidedLoss, RankingLoss, guided_loss, pack_bank_guides, pack_guides
@@ -69,4 +70,5 @@ __all__ = [
     "UapConfig", "UniversalGuides", "apply_delta", "learn_uap", "load_uap", "mi_sgd_step", "save_uap",
     "uap_objective", "universal_plan", "EotModel", "RankingLoss", "RankingPlan", "SUITES", "apgd_checkpoints",
     "GALLERY_GOALS", "GOAL_METRICS", "GOALS", "TARGETED_GOALS", "TargetedLoss", "TargetedPlan",
+    "TransferModel", "gaussian_kernel", "resize_pad",
 ]

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from torchvision.io import decode_jpeg, encode_jpeg
 
-from reid.attacks.diversity import resize_pad
+from reid.attacks import resize_pad
 from reid.runtime import ReidError
 
 INPUT_DEFENCES = {
