@@ -8,14 +8,16 @@ rob224 profile) and *the same targets*: RobRank's selector (``AdvRank.qcsel``) p
 plan's ``loss.targets`` are overwritten with them. Both sides' adversarial features are then
 measured with our ``TargetedPlan.measure`` (and, for LTM / GTM, rank-1 / mAP). Feature space on
 both sides: L2-normalised features; RobRank's metric 'N' (Euclidean distance of normalised
-features), ours ``cosine=True`` (1 - cos = half the squared Euclidean distance of normalised
-features): the same ranking, a different distance inside the hinges.
+features), ours ``cosine=True``, whose hinges take the same plain Euclidean distance
+(``--variants squared``: the squared form, 1 - cos, as a diagnostic).
 
-RobRank's files are read at run time (``--robrank``: a folder holding advrank.py,
-advrank_loss.py and advrank_qcselector.py; default: extracted with ``git show`` from the local
-mirror), patched only so that they import (``PATCHES``), never committed here.
+RobRank's files are read at run time (``--robrank``: a git clone of cdluminate/robrank, or a
+folder holding advrank.py, advrank_loss.py and advrank_qcselector.py), patched only so that
+they import (``PATCHES``), never committed here.
 
-    python benchmarks/parity_robrank.py --checkpoint /tmp/reliable/clean-last.th --data /tmp/reliable/data
+    git clone https://github.com/cdluminate/robrank /tmp/robrank
+    python benchmarks/parity_robrank.py --robrank /tmp/robrank --checkpoint /tmp/reliable/clean-last.th \
+        --data /tmp/reliable/data
 
 See benchmarks/parity_robrank.md for the mapping of each goal and the results.
 """
@@ -44,7 +46,6 @@ from reid.attacks import attack_batch, plan_attack  # noqa: E402
 from reid.attacks import targeted as targeted_mod  # noqa: E402
 from reid.metrics import retrieval_metrics  # noqa: E402
 
-MIRROR = "/work/.mirror/cdluminate+robrank/repo"
 FILES = ("advrank.py", "advrank_loss.py", "advrank_qcselector.py")
 # (file, exact line, replacement): the only changes made to RobRank's code. termcolor is not
 # installed here and robrank.utils is not copied; the attack logic is untouched.
@@ -60,19 +61,25 @@ WITH_SELF = ("QA-", "LTM", "GTM", "GTT")
 
 
 # ---------------------------------------------------------------- RobRank's code, patched
+def _read(source, name):
+    """RobRank's file ``name`` from ``source``: a folder holding it, a checkout of the repository,
+    or a git repository (bare or not; its HEAD, read with ``git show``)."""
+    for path in (os.path.join(source, name), os.path.join(source, "robrank", "attacks", name)):
+        if os.path.isfile(path):
+            with open(path) as f:
+                return f.read()
+    return subprocess.run(["git", "-C", source, "show", f"HEAD:robrank/attacks/{name}"], check=True,
+                          capture_output=True, text=True).stdout
+
+
 def load_robrank(source):
-    """Import RobRank's three attack files from folder ``source`` (None: the mirror), patched."""
+    """Import RobRank's three attack files from ``source`` (see ``_read``), patched."""
     tmp = tempfile.mkdtemp(prefix="robrank-")
     pkg = os.path.join(tmp, "robrank_attacks")
     os.makedirs(pkg)
     diffs = []
     for name in FILES:
-        if source is None:
-            text = subprocess.run(["git", "-C", MIRROR, "show", f"HEAD:robrank/attacks/{name}"], check=True,
-                                  capture_output=True, text=True).stdout
-        else:
-            with open(os.path.join(source, name)) as f:
-                text = f.read()
+        text = _read(source, name)
         patched = text
         for file, old, new in PATCHES:
             if file == name:
@@ -88,10 +95,8 @@ def load_robrank(source):
     open(os.path.join(pkg, "__init__.py"), "w").close()
     sys.path.insert(0, tmp)
     advrank = importlib.import_module("robrank_attacks.advrank")
-    commit = None
-    if source is None:
-        commit = subprocess.run(["git", "-C", MIRROR, "rev-parse", "HEAD"], check=True, capture_output=True,
-                                text=True).stdout.strip()
+    found = subprocess.run(["git", "-C", source, "rev-parse", "HEAD"], capture_output=True, text=True)
+    commit = found.stdout.strip() if found.returncode == 0 else None
     return advrank, "".join(diffs), commit
 
 
@@ -360,7 +365,9 @@ def main():
     p.add_argument("--checkpoint", default="/tmp/reliable/clean-last.th")
     p.add_argument("--data", default="/tmp/reliable/data")
     p.add_argument("--tiny", action="store_true", help="tests/conftest.py's random tiny_model (a dry run)")
-    p.add_argument("--robrank", default=None, help="folder with RobRank's advrank*.py (default: the mirror)")
+    p.add_argument("--robrank", default=os.environ.get("ROBRANK"),
+                   help="RobRank's code: a git clone of cdluminate/robrank, or a folder with its advrank*.py "
+                        "(default: $ROBRANK)")
     p.add_argument("--goals", nargs="+", default=list(GOALS), choices=GOALS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--num-queries", type=int, default=48)
@@ -381,6 +388,8 @@ def main():
             results = json.load(f)["results"]
         print(table({g: results[g] for g in GOALS if g in results}, args.variants))
         return
+    if not args.robrank:
+        p.error("--robrank: give a clone of https://github.com/cdluminate/robrank (or set $ROBRANK)")
     advrank, patch, commit = load_robrank(args.robrank)
     if args.show_patch:
         print(patch)
