@@ -36,13 +36,19 @@ DEFENCES = ("none", "bitdepth:3", "jpeg:60", "resize-pad:0.85")
 PGD_APGD = ("SMA", "IFGSM", "FNA", "RANK")
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def model_arguments(doc):
+    """The parser of an evidence script on this dataset and these models (`prepare`'s flags)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=os.path.join(ROOT, "attacks", "reliable-evidence"))
     p.add_argument("--arch", default="timm:resnet18")
     p.add_argument("--epochs", type=int, default=12, help="epochs of the clean model")
     p.add_argument("--defended-epochs", type=int, default=6, help="epochs of goat and uapdef (each costs more)")
     p.add_argument("--lr", type=float, default=1e-3)
+    return p
+
+
+def main():
+    p = model_arguments(__doc__)
     p.add_argument("--eps", type=float, nargs="+", default=[2.0, 5.0, 8.0])
     p.add_argument("--max-iter", type=int, default=15, help="gradient passes of PGD and APGD in the comparison")
     p.add_argument("--defence-iter", type=int, default=100, help="APGD's passes in the input-defence table")

@@ -11,22 +11,16 @@ prints a Markdown table: each targeted attack's metric clean -> attacked, and th
     python benchmarks/targeted_synthetic.py --work /tmp/reliable --eps 8 2 5
 """
 
-import argparse
 import json
 import os
 import time
 
-from reliable_eval_synthetic import prepare, save
+from reliable_eval_synthetic import model_arguments, prepare, save
 from universal_synthetic import ROOT, sh, work_folder
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", default=os.path.join(ROOT, "attacks", "reliable-evidence"))
-    p.add_argument("--arch", default="timm:resnet18")
-    p.add_argument("--epochs", type=int, default=12, help="epochs of the clean model")
-    p.add_argument("--defended-epochs", type=int, default=6, help="epochs of goat")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p = model_arguments(__doc__)
     p.add_argument("--eps", type=float, nargs="+", default=[8.0, 2.0, 5.0])
     p.add_argument("--runs", type=int, default=3, help="-n of each evaluation (one already made keeps its own)")
     p.add_argument("--models", nargs="+", default=["clean", "goat"], choices=["clean", "goat"])

@@ -41,14 +41,13 @@ of targets in the top 1 and top 10; for TMA the cosine similarity reached; for G
 of queries whose clean top-1 item stays in the top 4 (RobRank's ``retain@4``).
 """
 
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .guides import PlanBase
+from .ranking import RankingPlan
 
 from reid.runtime import ReidError, image_generator
 
@@ -179,33 +178,14 @@ def _masked_mean(values, valid, target_mask):
 
 
 @dataclass(frozen=True)
-class TargetedPlan(PlanBase):
-    """Every image's targets (module docstring) and the loss; ``feats`` the attacked set's clean
-    features, ``attacked`` (N,) the images with a target; ``rand_start`` none (every goal has a
-    gradient at the clean image)."""
-
-    name: str
-    spec: Any
-    feats: torch.Tensor
-    attacked: torch.Tensor
-    rand_start: torch.Tensor
-    loss: TargetedLoss
-    cosine: bool
-    num_fallback: int = 0
-
-    def iterations(self, max_iter):
-        return self.spec.iterations(max_iter)
+class TargetedPlan(RankingPlan):
+    """A ``RankingPlan`` whose ``loss`` is a ``TargetedLoss`` (every image's targets, module
+    docstring) and which measures its goal; ``attacked`` (N,): the images with a target."""
 
     @property
     def random(self):
-        """Whether a run draws anything at random: the targets of QA, CA and TMA."""
+        """Whether a run draws anything at random: the targets of QA, SPQA, CA and TMA."""
         return self.spec.goal in TARGETED_GOALS
-
-    def objective(self, rows):
-        return self.loss, torch.as_tensor(rows, dtype=torch.long, device=self.device)
-
-    def to(self, device):
-        return replace(super().to(device), loss=self.loss.to(device))
 
     def measure(self, feats):
         """The goal's metrics (``GOAL_METRICS``) of the attacked images with features ``feats``
