@@ -70,13 +70,18 @@ def brute_query_loss(goal, q, f, gf, targets):
     raise AssertionError(goal)
 
 
+def losses_near(plan, clean):
+    """Features near the clean ones, the attacked rows and the plan's loss of each there."""
+    f = clean + 0.3 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
+    rows = plan.attacked.nonzero().squeeze(1)
+    return f, rows, plan.loss.per_sample(f[rows], rows)
+
+
 @pytest.mark.parametrize("goal", ["QA+", "QA-", "SPQA+", "TMA", "LTM", "GTM", "GTT"])
 def test_query_losses_match_a_brute_force_loop(goal):
     qf, gf = world()
     plan = query_plan(goal, qf, gf, m=2)
-    f = qf + 0.3 * torch.randn(qf.shape, generator=torch.Generator().manual_seed(1))
-    rows = plan.attacked.nonzero().squeeze(1)
-    got = plan.loss.per_sample(f[rows], rows)
+    f, rows, got = losses_near(plan, qf)
     for value, q in zip(got.tolist(), rows.tolist()):
         targets = plan.loss.targets[q][plan.loss.target_mask[q]].tolist()
         expected = brute_query_loss("QA+" if goal == "SPQA+" else goal, q, f[q], gf, targets)
@@ -93,9 +98,7 @@ def test_query_losses_match_a_brute_force_loop(goal):
 def test_candidate_losses_match_a_brute_force_loop(goal):
     qf, gf = world()
     plan = gallery_plan(goal, qf, gf, w=2)
-    f = gf + 0.3 * torch.randn(gf.shape, generator=torch.Generator().manual_seed(1))
-    rows = plan.attacked.nonzero().squeeze(1)
-    got = plan.loss.per_sample(f[rows], rows)
+    f, rows, got = losses_near(plan, gf)
     for value, c in zip(got.tolist(), rows.tolist()):
         per_query = []
         for q in plan.loss.targets[c][plan.loss.target_mask[c]].tolist():
