@@ -235,6 +235,17 @@ def test_ddp_goat_epoch_with_identity_batches(tiny_data, tmp_path):
 
 
 @pytest.mark.distributed
+def test_ddp_hm_epoch_shares_its_gradual_destination(tiny_data, tmp_path):
+    run(*train_args(tiny_data, tmp_path, "--triplet", "-e", 32, "--id_batch", "-ni", 2, "--defence", "hm",
+                    "--adv-iters", 2))
+    _, ckpt, _ = check_checkpoint(tmp_path, 0)
+    assert ckpt["defence"]["name"] == "hm" and ckpt["defence"]["state"]["previous"] >= 0
+    proc = run(*train_args(tiny_data, tmp_path / "x", "--triplet", "--id_batch", "-ni", 4, "--defence", "hm"),
+               check=False)                                   # one identity per process: refused, one line
+    assert proc.returncode != 0 and "expected -b >= 2 x -ni x processes (16)" in proc.stderr
+
+
+@pytest.mark.distributed
 def test_ddp_goat_epoch_with_pool_guides_loaded_by_workers(tiny_data, tmp_path):
     data = tmp_path / "market"
     shutil.copytree(tiny_data, data)

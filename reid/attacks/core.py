@@ -221,7 +221,7 @@ def seeded_model_rng(seed, device):
 
 
 def perturb(model, images, packed, *, optimiser="pgd", eps=None, step=None, max_iter=15,
-            rand_start=None, cosine=False, generator=None, norm="linf"):
+            rand_start=None, cosine=False, generator=None, norm="linf", loss=None):
     """Maximise the guided loss over ``images`` within the ball of radius eps (``norm``).
 
     The lower-level entry point (e.g. for adversarial training): ``packed`` is the (B, D + 2)
@@ -230,12 +230,15 @@ def perturb(model, images, packed, *, optimiser="pgd", eps=None, step=None, max_
     random point of the ball. ``norm="linf"``: eps and step in /255 units (default 5 and 1);
     ``norm="l2"``: an L2 radius and step in [0, 1] pixel units of the whole image (default
     0.5 and 2.5 eps / max_iter); see ``registry.check_budget``. Returns images in [0, 1].
+    ``loss``: another loss module of the same interface (``per_sample(features, y)`` and its
+    sum), ``packed`` then being its ``y`` (the hardness target of ``reid.defences.triplet``).
     """
     eps, step, max_iter = check_budget(eps, step, max_iter, norm=norm, input_size=images.shape[-2:])
     if optimiser not in OPTIMISERS:
         raise ValueError(f"unknown optimiser {optimiser!r}; expected one of {list(OPTIMISERS)}")
     with attack_mode(model):
-        return _perturb(model, images.detach(), GuidedLoss(cosine), packed.to(images.device), optimiser, eps,
+        loss = GuidedLoss(cosine) if loss is None else loss
+        return _perturb(model, images.detach(), loss, packed.to(images.device), optimiser, eps,
                         step, max_iter, rand_start, generator, norm)
 
 

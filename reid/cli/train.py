@@ -1,9 +1,10 @@
-"""Train a re-ID model (classification or triplet), clean or GOAT-defended.
+"""Train a re-ID model (classification or triplet), clean or adversarially trained (GOAT, EST, ACT, HM, UAP).
 
 Reference usage (the paper's README):
   python train.py DATA --dataset duke --lr 0.00035 -wd 5e-4 -n 60 -f model.th -b 32 --classif --pretrained
   python train.py DATA --dataset duke --lr 0.00035 -wd 5e-4 -n 60 -f goat.th -b 32 --classif --pretrained \
       --adv --push --pull        # GOAT (run sort_dataset.py DATA first)
+  python train.py DATA -f hm.th --triplet --id_batch --defence hm   # or est, act (docs/training.md)
   python train.py DATA -f uap_def.th --classif --uap-adv online   # against universal perturbations
 Several processes (GPUs, machines): torchrun --nproc_per_node N train.py ... (see README).
   python train.py DATA -f dn.th --classif --arch densenet121       # another backbone (or timm:<name>)
@@ -19,8 +20,9 @@ import torch
 
 from reid.attacks import WEIGHTINGS, parse_step
 from reid.data import DATASET_NAMES, build_transforms, eval_loader, load_dataset, train_loader
-from reid.defences import (Goat, GuidePool, MetaObjective, UapDefence, check_defence_flags, defence_config, goat_config,
-                           meta_batch_size, meta_seed, saved_settings)
+from reid.defences import (DEFENCES, TRIPLET_DEFENCES, Goat, GuidePool, MetaObjective, TripletDefence, UapDefence,
+                           check_defence_flags, check_triplet_defence, defence_config, goat_config, meta_batch_size,
+                           meta_seed, saved_settings, triplet_config)
 from reid.evaluation import evaluate, format_metrics
 from reid.models import (ARCH_NAMES, DEFAULT_ARCH, build_model, check_arch, check_input_size, load_model,
                          pretrained_weights_path, rng_state, save_checkpoint, set_rng_state)
@@ -63,8 +65,11 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (and at the last)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (forward passes, GOAT's attack)")
     p.add_argument("--sync-bn", action="store_true", help="under torchrun: SyncBatchNorm over the processes (GPUs)")
-    goat = p.add_argument_group("GOAT adversarial training (see reid/defences/goat.py)")
-    goat.add_argument("--adv", action="store_true", help="train on adversarial batches (GOAT)")
+    goat = p.add_argument_group("adversarial training: GOAT, EST, ACT, HM (see docs/training.md)")
+    goat.add_argument("--defence", choices=DEFENCES,
+                      help="goat (the paper's, = --adv), est (embedding-shifted triplet: GOAT's --sma), act "
+                           "(anti-collapse triplet), hm (hardness manipulation); act and hm need --id_batch")
+    goat.add_argument("--adv", action="store_true", help="train on adversarial batches (GOAT): --defence goat")
     goat.add_argument("--sma", action="store_true", help="pushing guide: the image's own feature (SMA)")
     goat.add_argument("--push", type=int, nargs="?", const=4, metavar="N",
                       help="N pushing guides of the same identity from sorted/train (default 4)")
@@ -115,17 +120,31 @@ def parse_args(argv=None):
     if args.arch is not None:
         args.arch = check_arch(args.arch)
     check_input_dir(args.dataset_folder, "dataset folder")
-    check_defence_flags(args.uap_adv, args.adv, args.uap_eps, args.meta_dataset, args.meta_dataset_kind,
+    if args.adv and args.defence not in (None, "goat"):
+        raise ReidError(f"--adv and --defence {args.defence}: choose one defence (--adv is --defence goat)")
+    args.defence = "goat" if args.adv else args.defence
+    check_defence_flags(args.uap_adv, args.defence, args.uap_eps, args.meta_dataset, args.meta_dataset_kind,
                         args.meta_lr)
     if args.meta_dataset is not None:
         check_input_dir(args.meta_dataset, "--meta-dataset")
         args.meta_dataset_kind = args.meta_dataset_kind or args.dataset
         args.meta_lr = args.lr if args.meta_lr is None else args.meta_lr
         meta_batch_size(args.batch_size, args.num_instances)
-    if not args.adv and (args.adv_norm != "linf" or args.adv_eps is not None or args.adv_step is not None):
-        raise ReidError("--adv-norm / --adv-eps / --adv-step: GOAT options need --adv")
-    args.goat = goat_config(args.adv, args.sma, args.push, args.pull, args.id_batch,
-                            args.adv_eps, args.adv_iters, args.adv_step, args.adv_guide_weights, args.adv_norm)
+    if args.defence is None and (args.adv_norm != "linf" or args.adv_eps is not None or args.adv_step is not None):
+        raise ReidError("--adv-norm / --adv-eps / --adv-step: the budget of a defence's attack; give --defence")
+    if args.defence not in (None, "goat"):
+        given = [flag for flag, on in (("--sma", args.sma), ("--push", args.push is not None), ("--pull", args.pull),
+                                       ("--adv-guide-weights", args.adv_guide_weights != "reference")) if on]
+        if given:
+            raise ReidError(f"--defence {args.defence} {given[0]}: GOAT's guide options, for --defence goat "
+                            + ("(EST's guide is the image's own feature)" if args.defence == "est" else ""))
+    args.triplet = None
+    if args.defence in TRIPLET_DEFENCES:
+        check_triplet_defence(args.defence, args.id_batch, args.num_instances, args.batch_size)
+        args.triplet = triplet_config(args.defence, args.adv_eps, args.adv_iters, args.adv_step, args.adv_norm)
+    args.goat = goat_config(args.defence in ("goat", "est"), args.sma or args.defence == "est", args.push, args.pull,
+                            args.id_batch, args.adv_eps, args.adv_iters, args.adv_step, args.adv_guide_weights,
+                            args.adv_norm)
     return args
 
 
@@ -180,6 +199,9 @@ def main(argv=None):
     amp.check(args.amp, device)
     distributed.check_training(device, args.batch_size, args.num_instances if args.id_batch else None,
                                args.sync_bn, args.uap_adv, args.meta_dataset)
+    if args.triplet:
+        check_triplet_defence(args.defence, args.id_batch, args.num_instances, args.batch_size,
+                              distributed.world_size())
     seed_everything(args.seed + distributed.rank())  # torchrun: each process its own augmentation / GOAT draws
     best_path, last_path, log_path = checkpoint_paths(args)
     if distributed.is_main():  # one process probes (several would race on the same folders)
@@ -215,8 +237,12 @@ def train_run(args, device, best_path, last_path, log_path):
                         "(batches are full-size, so not one step would be taken)")
     pool = GuidePool.from_dataset(data, args.goat.num_push) if args.goat and args.goat.push == "pool" else None
     goat_state = asdict(args.goat) if args.goat else None
+    defence_state = None if args.defence is None else {
+        "name": args.defence, **(args.triplet.settings() if args.triplet else {})}
     if args.goat:
-        print(args.goat.describe())
+        print(("EST = " if args.defence == "est" else "") + args.goat.describe())
+    if args.triplet:
+        print(args.triplet.describe())
     meta = None
     if defence is not None:
         print(defence.config.describe())
@@ -259,6 +285,11 @@ def train_run(args, device, best_path, last_path, log_path):
                             f"the flags given ask for {wanted}")
         if defence is not None and record is not None:
             defence.load_state(record)
+        recorded = ckpt["defence"] if "defence" in ckpt else {"name": "goat"} if ckpt.get("goat") else None
+        settings = None if recorded is None else {k: v for k, v in recorded.items() if k != "state"}
+        if settings != defence_state:
+            raise ReidError(f"--resume: {source} was trained with the defence {settings}, "
+                            f"the flags given ask for {defence_state}")
     else:
         model = build_model(args.kind, data.num_train_pids, args.embedding_size, args.pretrained,
                             args.pretrained_path, arch=args.arch or DEFAULT_ARCH, input_size=(args.height, args.width))
@@ -289,6 +320,10 @@ def train_run(args, device, best_path, last_path, log_path):
 
     objective = Objective(args.kind, soft_margin=args.soft_margin)
     prepare_batch = Goat(args.goat) if args.goat else defence
+    if args.triplet:
+        objective = TripletDefence(objective, args.triplet)
+        if args.resume and recorded.get("state") is not None:
+            objective.load_state(recorded["state"])
     if meta is not None:
         meta_batch = meta_batch_size(args.batch_size, args.num_instances)
 
@@ -323,9 +358,11 @@ def train_run(args, device, best_path, last_path, log_path):
         else:
             print(f"epoch {epoch}: loss {stats['loss']:.4f}")
         extra = {"scheduler": scheduler.state_dict(), "input_size": [args.height, args.width],
-                 "args": {**vars(args), "goat": goat_state}, "dataset": data.name,
+                 "args": {**vars(args), "goat": goat_state, "triplet": defence_state}, "dataset": data.name,
                  "train_pids": data.train_pids, "train_fingerprint": fingerprint, "goat": goat_state,
-                 "uap_adv": defence.state() if defence else None}
+                 "uap_adv": defence.state() if defence else None,
+                 "defence": None if defence_state is None else {
+                     **defence_state, "state": objective.state() if args.triplet else None}}
         current_map = metrics["mAP"] if metrics else -1.0
         rng = distributed.rng_record(rng_state())  # every process's RNG state, for an exact --resume
         if not distributed.is_main():

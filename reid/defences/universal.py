@@ -98,11 +98,12 @@ class UapDefenceConfig:
         return text
 
 
-def check_defence_flags(uap_adv, adv=False, eps=None, meta_dataset=None, meta_dataset_kind=None,
+def check_defence_flags(uap_adv, adv=None, eps=None, meta_dataset=None, meta_dataset_kind=None,
                         meta_lr=None):
     """train.py's defence flags without touching files; a ReidError (one line) if they clash."""
     if uap_adv is not None and adv:
-        raise ReidError("--uap-adv and --adv: choose one defence (universal perturbations or GOAT)")
+        spelt = "--adv" if adv in (True, "goat") else f"--defence {adv}"
+        raise ReidError(f"--uap-adv and {spelt}: choose one defence (universal perturbations or {spelt[2:]})")
     if uap_adv is None:
         given = [flag for flag, value in (("--uap-eps", eps), ("--meta-dataset", meta_dataset),
                                           ("--meta-dataset-kind", meta_dataset_kind), ("--meta-lr", meta_lr))
