@@ -286,7 +286,7 @@ def test_adv_norm_flags():
     assert (goat.norm, goat.eps, goat.step) == ("l2", 0.5, 0.25)
     goat = train.parse_args("DATA --adv --sma --adv-eps 8 --adv-step auto --adv-iters 10".split()).goat
     assert (goat.norm, goat.eps, goat.step) == ("linf", 8.0, 2.0)
-    for argv, needle in (("DATA --adv-norm l2", "GOAT options need --adv"),
+    for argv, needle in (("DATA --adv-norm l2", "the budget of a defence.s attack; give --defence .or --adv."),
                          ("DATA --adv --sma --adv-norm L2", "--adv-norm L2: expected one of linf, l2"),
                          ("DATA --adv --sma --adv-step often", "--adv-step often: expected a number or auto")):
         with pytest.raises(ReidError, match=needle):

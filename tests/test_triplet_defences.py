@@ -200,7 +200,7 @@ def test_est_is_goat_with_the_own_feature_guide(synthetic_dataset, tmp_path):
     (["--defence", "est", "--push", "2"], "--defence est --push: GOAT's guide options"),
     (["--defence", "act", "--id_batch", "--pull"], "--defence act --pull: GOAT's guide options"),
     (["--defence", "hm", "--id_batch", "--uap-adv", "online"], "--uap-adv and --defence hm: choose one defence"),
-    (["--adv-eps", "4"], "the budget of a defence's attack; give --defence"),
+    (["--adv-eps", "4"], "the budget of a defence's attack; give --defence (or --adv)"),
 ])
 def test_contradictory_defence_flags_are_one_line(synthetic_dataset, tmp_path, extra, needle):
     proc = train_cli(synthetic_dataset, tmp_path, *extra, check=False)

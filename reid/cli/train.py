@@ -131,7 +131,8 @@ def parse_args(argv=None):
         args.meta_lr = args.lr if args.meta_lr is None else args.meta_lr
         meta_batch_size(args.batch_size, args.num_instances)
     if args.defence is None and (args.adv_norm != "linf" or args.adv_eps is not None or args.adv_step is not None):
-        raise ReidError("--adv-norm / --adv-eps / --adv-step: the budget of a defence's attack; give --defence")
+        raise ReidError("--adv-norm / --adv-eps / --adv-step: the budget of a defence's attack; "
+                        "give --defence (or --adv)")
     if args.defence not in (None, "goat"):
         given = [flag for flag, on in (("--sma", args.sma), ("--push", args.push is not None), ("--pull", args.pull),
                                        ("--adv-guide-weights", args.adv_guide_weights != "reference")) if on]
