@@ -206,3 +206,64 @@ def test_contradictory_defence_flags_are_one_line(synthetic_dataset, tmp_path, e
     proc = train_cli(synthetic_dataset, tmp_path, *extra, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- --free M
+
+
+def test_free_replays_step_the_model_and_the_perturbation_from_one_backward():
+    from reid.defences import FreeObjective
+    from reid.training import train_epoch
+
+    model = Linear()
+    images, labels = _batch()
+    seen = []
+
+    def loss_of(net, x, y):                                # a loss whose input gradient is known: d/dx = w . 1
+        seen.append(x.detach().clone())
+        return net(x).sum(), None
+    loss_of.kind = "triplet"
+    free = FreeObjective(loss_of, replays=3, eps=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)   # the model stays put: delta's steps are checkable
+    loader = [(images, labels, None, None), (images, labels, None, None)]
+    stats = train_epoch(model, loader, optimizer, free, "cpu", epoch=0)
+    assert len(seen) == 6 and stats["loss"] == pytest.approx(sum(model(x).sum().item() for x in seen) / 6, rel=1e-5)
+    grad_sign = model.w.sum(0).sign().view(1, 3, 8, 4).detach()
+    for r, x in enumerate(seen):                            # replay r: r steps of eps sign(grad), clipped at eps
+        expected = (images + min(r, 1) * 4 / 255 * grad_sign).clamp(0, 1)
+        assert torch.allclose(x, expected, atol=1e-6), r
+    state = free.state()
+    assert state["replays"] == 3 and state["eps"] == 4 and state["delta"].abs().max() <= 4 / 255 + 1e-7
+
+
+def _free(data, ckpt, *flags, epochs=1, check=True):
+    return _train(data, ckpt, "--classif", "--arch", "timm:resnet18", "--free", 2, *flags, epochs=epochs, check=check)
+
+
+def test_free_epoch_end_to_end_records_and_resumes_exactly(synthetic_dataset, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    proc = _free(synthetic_dataset, straight, epochs=2)
+    assert "free adversarial training: each batch 2 times, L-inf 5/255" in proc.stdout
+    a = read_checkpoint(str(straight / "m-last.th"))
+    assert a["free"]["replays"] == 2 and a["free"]["eps"] == 5.0
+    assert 0 < a["free"]["delta"].abs().max() <= 5 / 255 + 1e-7 and a["defence"] is None
+    _free(synthetic_dataset, resumed, epochs=1)
+    _free(synthetic_dataset, resumed, "--resume", epochs=2)
+    b = read_checkpoint(str(resumed / "m-last.th"))
+    for k in a["net"]:
+        assert torch.allclose(a["net"][k].float(), b["net"][k].float(), atol=1e-5), k
+    assert torch.allclose(a["free"]["delta"], b["free"]["delta"], atol=1e-7)
+    proc = _free(synthetic_dataset, resumed, "--adv-eps", "4", "--resume", epochs=3, check=False)
+    assert proc.returncode != 0 and "--resume:" in proc.stderr and "--free settings" in proc.stderr
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--free", "2", "--defence", "hm", "--id_batch"], "--free with --defence hm: its adversary is not the ascent"),
+    (["--free", "2", "--adv-norm", "l2"], "--free with --adv-norm l2: free adversarial training steps by"),
+    (["--free", "0"], "--free 0"),
+    (["--free", "2", "--uap-adv", "online"], "--free with --uap-adv: choose one defence"),
+])
+def test_free_flag_errors_are_one_line(synthetic_dataset, tmp_path, extra, needle):
+    proc = train_cli(synthetic_dataset, tmp_path, *extra, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

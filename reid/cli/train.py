@@ -20,9 +20,9 @@ import torch
 
 from reid.attacks import WEIGHTINGS, parse_step
 from reid.data import DATASET_NAMES, build_transforms, eval_loader, load_dataset, train_loader
-from reid.defences import (DEFENCES, TRIPLET_DEFENCES, Goat, GuidePool, MetaObjective, TripletDefence, UapDefence,
-                           check_defence_flags, check_triplet_defence, defence_config, goat_config, meta_batch_size,
-                           meta_seed, saved_settings, triplet_config)
+from reid.defences import (DEFENCES, Goat, GuidePool, MetaObjective, UapDefence, check_distributed_defence,
+                           check_resumed_defence, choose_defence, defence_config, defence_record, defence_states,
+                           defended_objective, meta_batch_size, meta_seed, saved_settings)
 from reid.evaluation import evaluate, format_metrics
 from reid.models import (ARCH_NAMES, DEFAULT_ARCH, build_model, check_arch, check_input_size, load_model,
                          pretrained_weights_path, rng_state, save_checkpoint, set_rng_state)
@@ -70,6 +70,10 @@ def parse_args(argv=None):
                       help="goat (the paper's, = --adv), est (embedding-shifted triplet: GOAT's --sma), act "
                            "(anti-collapse triplet), hm (hardness manipulation); act and hm need --id_batch")
     goat.add_argument("--adv", action="store_true", help="train on adversarial batches (GOAT): --defence goat")
+    goat.add_argument("--free", type=int, metavar="M",
+                      help="free adversarial training (Shafahi et al.): each batch replayed M times, the "
+                           "perturbation (L-inf --adv-eps, default 5) ascending the training loss from the same "
+                           "backward pass; without --defence")
     goat.add_argument("--sma", action="store_true", help="pushing guide: the image's own feature (SMA)")
     goat.add_argument("--push", type=int, nargs="?", const=4, metavar="N",
                       help="N pushing guides of the same identity from sorted/train (default 4)")
@@ -120,32 +124,12 @@ def parse_args(argv=None):
     if args.arch is not None:
         args.arch = check_arch(args.arch)
     check_input_dir(args.dataset_folder, "dataset folder")
-    if args.adv and args.defence not in (None, "goat"):
-        raise ReidError(f"--adv and --defence {args.defence}: choose one defence (--adv is --defence goat)")
-    args.defence = "goat" if args.adv else args.defence
-    check_defence_flags(args.uap_adv, args.defence, args.uap_eps, args.meta_dataset, args.meta_dataset_kind,
-                        args.meta_lr)
+    choose_defence(args)
     if args.meta_dataset is not None:
         check_input_dir(args.meta_dataset, "--meta-dataset")
         args.meta_dataset_kind = args.meta_dataset_kind or args.dataset
         args.meta_lr = args.lr if args.meta_lr is None else args.meta_lr
         meta_batch_size(args.batch_size, args.num_instances)
-    if args.defence is None and (args.adv_norm != "linf" or args.adv_eps is not None or args.adv_step is not None):
-        raise ReidError("--adv-norm / --adv-eps / --adv-step: the budget of a defence's attack; "
-                        "give --defence (or --adv)")
-    if args.defence not in (None, "goat"):
-        given = [flag for flag, on in (("--sma", args.sma), ("--push", args.push is not None), ("--pull", args.pull),
-                                       ("--adv-guide-weights", args.adv_guide_weights != "reference")) if on]
-        if given:
-            raise ReidError(f"--defence {args.defence} {given[0]}: GOAT's guide options, for --defence goat "
-                            + ("(EST's guide is the image's own feature)" if args.defence == "est" else ""))
-    args.triplet = None
-    if args.defence in TRIPLET_DEFENCES:
-        check_triplet_defence(args.defence, args.id_batch, args.num_instances, args.batch_size)
-        args.triplet = triplet_config(args.defence, args.adv_eps, args.adv_iters, args.adv_step, args.adv_norm)
-    args.goat = goat_config(args.defence in ("goat", "est"), args.sma or args.defence == "est", args.push, args.pull,
-                            args.id_batch, args.adv_eps, args.adv_iters, args.adv_step, args.adv_guide_weights,
-                            args.adv_norm)
     return args
 
 
@@ -200,9 +184,7 @@ def main(argv=None):
     amp.check(args.amp, device)
     distributed.check_training(device, args.batch_size, args.num_instances if args.id_batch else None,
                                args.sync_bn, args.uap_adv, args.meta_dataset)
-    if args.triplet:
-        check_triplet_defence(args.defence, args.id_batch, args.num_instances, args.batch_size,
-                              distributed.world_size())
+    check_distributed_defence(args, distributed.world_size())
     seed_everything(args.seed + distributed.rank())  # torchrun: each process its own augmentation / GOAT draws
     best_path, last_path, log_path = checkpoint_paths(args)
     if distributed.is_main():  # one process probes (several would race on the same folders)
@@ -238,8 +220,7 @@ def train_run(args, device, best_path, last_path, log_path):
                         "(batches are full-size, so not one step would be taken)")
     pool = GuidePool.from_dataset(data, args.goat.num_push) if args.goat and args.goat.push == "pool" else None
     goat_state = asdict(args.goat) if args.goat else None
-    defence_state = None if args.defence is None else {
-        "name": args.defence, **(args.triplet.settings() if args.triplet else {})}
+    defence_state = defence_record(args)
     if args.goat:
         print(("EST = " if args.defence == "est" else "") + args.goat.describe())
     if args.triplet:
@@ -271,14 +252,6 @@ def train_run(args, device, best_path, last_path, log_path):
         check_resumed_run(args, ckpt, source, data)
         if distributed.is_main():
             check_log(log_path)  # a bad line stops the run now, not after an epoch
-        saved = ckpt.get("goat", goat_state)
-        if saved is not None and "weighting" not in saved:  # written before weightings existed: mean
-            saved = {**saved, "weighting": "mean"}
-        if saved is not None and "norm" not in saved:  # written before --adv-norm existed: L-inf
-            saved = {**saved, "norm": "linf"}
-        if saved != goat_state:
-            raise ReidError(f"--resume: {source} was trained with GOAT settings {saved}, "
-                            f"the flags given ask for {goat_state}")
         wanted = defence.config.settings() if defence else None
         record = ckpt["uap_adv"] if "uap_adv" in ckpt else None if "goat" in ckpt else wanted  # "goat": ours
         if saved_settings(record) != wanted:
@@ -286,11 +259,7 @@ def train_run(args, device, best_path, last_path, log_path):
                             f"the flags given ask for {wanted}")
         if defence is not None and record is not None:
             defence.load_state(record)
-        recorded = ckpt["defence"] if "defence" in ckpt else {"name": "goat"} if ckpt.get("goat") else None
-        settings = None if recorded is None else {k: v for k, v in recorded.items() if k != "state"}
-        if settings != defence_state:
-            raise ReidError(f"--resume: {source} was trained with the defence {settings}, "
-                            f"the flags given ask for {defence_state}")
+        check_resumed_defence(ckpt, source, args, goat_state)
     else:
         model = build_model(args.kind, data.num_train_pids, args.embedding_size, args.pretrained,
                             args.pretrained_path, arch=args.arch or DEFAULT_ARCH, input_size=(args.height, args.width))
@@ -321,10 +290,7 @@ def train_run(args, device, best_path, last_path, log_path):
 
     objective = Objective(args.kind, soft_margin=args.soft_margin)
     prepare_batch = Goat(args.goat) if args.goat else defence
-    if args.triplet:
-        objective = TripletDefence(objective, args.triplet)
-        if args.resume and recorded.get("state") is not None:
-            objective.load_state(recorded["state"])
+    objective = defended_objective(objective, args, ckpt if args.resume else None)
     if meta is not None:
         meta_batch = meta_batch_size(args.batch_size, args.num_instances)
 
@@ -362,8 +328,7 @@ def train_run(args, device, best_path, last_path, log_path):
                  "args": {**vars(args), "goat": goat_state, "triplet": defence_state}, "dataset": data.name,
                  "train_pids": data.train_pids, "train_fingerprint": fingerprint, "goat": goat_state,
                  "uap_adv": defence.state() if defence else None,
-                 "defence": None if defence_state is None else {
-                     **defence_state, "state": objective.state() if args.triplet else None}}
+                 **defence_states(objective, args)}
         current_map = metrics["mAP"] if metrics else -1.0
         rng = distributed.rng_record(rng_state())  # every process's RNG state, for an exact --resume
         if not distributed.is_main():

@@ -22,17 +22,18 @@ def train_epoch(model, loader, optimizer, objective, device, epoch, prepare_batc
             images = prepare_batch(distributed.unwrap(model), images, labels, *companions)
             if isinstance(images, tuple):
                 images, labels = images
-        loss, acc = objective(model, images, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        n += 1
-        value = loss.item()
-        if not math.isfinite(value):
-            raise ReidError(f"epoch {epoch}, step {n}: the training loss is {value} (not finite); nothing was saved "
-                            "from this epoch (lower --lr, or check the data)")
-        total_loss += value
-        total_acc += acc.item() if acc is not None else 0.0
+        for _ in range(getattr(objective, "replays", 1)):  # free adversarial training steps M times a batch
+            loss, acc = objective(model, images, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n += 1
+            value = loss.item()
+            if not math.isfinite(value):
+                raise ReidError(f"epoch {epoch}, step {n}: the training loss is {value} (not finite); nothing was "
+                                "saved from this epoch (lower --lr, or check the data)")
+            total_loss += value
+            total_acc += acc.item() if acc is not None else 0.0
         bar.set_postfix(loss=f"{total_loss / n:.3f}")
     stats = {"loss": total_loss / max(n, 1)}
     if objective.kind == "classif":
