@@ -146,6 +146,7 @@ def test_hm_adversary_raises_hardness_to_the_destination_and_no_further():
 
 
 FLAGS = ["--id_batch", "-ni", "4", "--adv-iters", "2"]
+SMALL_NET = ["--arch", "timm:resnet18"]   # the defences do not depend on the backbone; a small one is quicker
 
 
 def _train(data, ckpt, kind, *flags, epochs=1, check=True):
@@ -157,7 +158,7 @@ def _train(data, ckpt, kind, *flags, epochs=1, check=True):
 @pytest.mark.parametrize("defence, kind", [("hm", "--triplet"), ("act", "--classif")])
 def test_defence_epoch_end_to_end_records_and_resumes_exactly(synthetic_dataset, tmp_path, defence, kind):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    flags = ["--defence", defence, *FLAGS]
+    flags = ["--defence", defence, *FLAGS, *SMALL_NET]
     proc = _train(synthetic_dataset, straight, kind, *flags, epochs=2)
     assert {"hm": "HM: soft-hard triplets", "act": "ACT: positive and negative"}[defence] in proc.stdout
     a = read_checkpoint(str(straight / "m-last.th"))
@@ -179,7 +180,8 @@ def test_defence_epoch_end_to_end_records_and_resumes_exactly(synthetic_dataset,
         assert torch.allclose(a["net"][k].float(), b["net"][k].float(), atol=1e-5), k
 
     other = "act" if defence == "hm" else "hm"          # another defence, or none: refused, one line
-    for flags in (["--defence", other, *FLAGS], ["--id_batch", "-ni", "4"], ["--defence", defence, *FLAGS[:3]]):
+    for flags in (["--defence", other, *FLAGS, *SMALL_NET], ["--id_batch", "-ni", "4", *SMALL_NET],
+                  ["--defence", defence, *FLAGS[:3], *SMALL_NET]):
         proc = _train(synthetic_dataset, resumed, kind, *flags, "--resume", epochs=3, check=False)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         assert "--resume:" in proc.stderr and "defence" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -237,7 +239,7 @@ def test_free_replays_step_the_model_and_the_perturbation_from_one_backward():
 
 
 def _free(data, ckpt, *flags, epochs=1, check=True):
-    return _train(data, ckpt, "--classif", "--arch", "timm:resnet18", "--free", 2, *flags, epochs=epochs, check=check)
+    return _train(data, ckpt, "--classif", *SMALL_NET, "--free", 2, *flags, epochs=epochs, check=check)
 
 
 def test_free_epoch_end_to_end_records_and_resumes_exactly(synthetic_dataset, tmp_path):
