@@ -143,17 +143,15 @@ def main():
         t_guides = median_seconds(guide_pass(guided), device, args.repeats)
         t_fb = forward_backward_seconds(model, repeat(images, attacked), device, args.repeats)
         bound = args.iters * t_fb + t_step + t_guides
+        prepare, defended, loader = None, objective, loaders["plain"]
         if name == "goat":
-            run = dict(prepare_batch=Goat(GoatConfig("pool", args.push, pull=True, iters=args.iters)))
-        elif name == "est":
-            run = dict(prepare_batch=Goat(GoatConfig("self", 0, pull=False, iters=args.iters)))
-        else:
-            run = dict(objective=TripletDefence(objective, triplet_config(name, iters=args.iters)))
-        loader = loaders["pk" if name in ("act", "hm") else "plain"]
-        if name == "est":  # no pool images: a loader without companions
+            prepare = Goat(GoatConfig("pool", args.push, pull=True, iters=args.iters))
+        elif name == "est":  # no pool images: a loader without companions
+            prepare = Goat(GoatConfig("self", 0, pull=False, iters=args.iters))
             loader = train_loader(data.train, tf, args.batch, workers=args.workers, seed=0)
-        adv = epoch_seconds(model, loader, steps, optimizer, run.get("objective", objective), device,
-                            prepare_batch=run.get("prepare_batch"))
+        else:
+            defended, loader = TripletDefence(objective, triplet_config(name, iters=args.iters)), loaders["pk"]
+        adv = epoch_seconds(model, loader, steps, optimizer, defended, device, prepare_batch=prepare)
         report["defences"][name] = {
             "attacked_images": attacked, "trained_images": trained, "guide_images": guided,
             "forward_backward_seconds": t_fb, "step_seconds": t_step, "guide_pass_seconds": t_guides,

@@ -30,6 +30,7 @@ import statistics
 import sys
 import time
 
+from reliable_eval_synthetic import pct, save
 from universal_synthetic import ROOT, SIZE, sh, work_folder
 
 sys.path.insert(0, ROOT)
@@ -91,10 +92,7 @@ def main():
             else:
                 row["uap"] = entries(r["attacks"]["UAP"])[0]["mean"]
         record["rows"][name] = row
-        record["seconds"] = time.perf_counter() - start
-        with open(args.out + ".tmp", "w") as f:
-            json.dump(record, f, indent=1)
-        os.replace(args.out + ".tmp", args.out)
+        save(record, args.out, start)
     print(markdown(record))
 
 
@@ -109,9 +107,9 @@ def markdown(record):
     clean_epoch = record["rows"].get("clean", {}).get("epoch_seconds")
     for name, r in record["rows"].items():
         cost = f"{r['epoch_seconds'] / clean_epoch:.1f}" if clean_epoch else "-"
-        worst = " | ".join(f"{100 * r['worst'][e]['mAP']:.1f}" for e in eps)
-        lines.append(f"| {name} | {100 * r['clean']['mAP']:.1f} | {100 * r['clean']['rank1']:.1f} | {worst} | "
-                     f"{r['ers']:.1f} | {100 * r['uap']['mAP']:.1f} | {cost} |")
+        worst = " | ".join(pct(r["worst"][e]) for e in eps)
+        lines.append(f"| {name} | {pct(r['clean'])} | {100 * r['clean']['rank1']:.1f} | {worst} | "
+                     f"{r['ers']:.1f} | {pct(r['uap'])} | {cost} |")
     lines.append(f"\n{record.get('seconds', 0) / 60:.0f} min on this machine.")
     return "\n".join(lines)
 

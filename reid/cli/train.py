@@ -21,7 +21,7 @@ import torch
 from reid.attacks import WEIGHTINGS, parse_step
 from reid.data import DATASET_NAMES, build_transforms, eval_loader, load_dataset, train_loader
 from reid.defences import (DEFENCES, Goat, GuidePool, MetaObjective, UapDefence, check_distributed_defence,
-                           check_resumed_defence, choose_defence, defence_config, defence_record, defence_states,
+                           check_resumed_defence, choose_defence, defence_config, defence_states,
                            defended_objective, meta_batch_size, meta_seed, saved_settings)
 from reid.evaluation import evaluate, format_metrics
 from reid.models import (ARCH_NAMES, DEFAULT_ARCH, build_model, check_arch, check_input_size, load_model,
@@ -220,7 +220,6 @@ def train_run(args, device, best_path, last_path, log_path):
                         "(batches are full-size, so not one step would be taken)")
     pool = GuidePool.from_dataset(data, args.goat.num_push) if args.goat and args.goat.push == "pool" else None
     goat_state = asdict(args.goat) if args.goat else None
-    defence_state = defence_record(args)
     if args.goat:
         print(("EST = " if args.defence == "est" else "") + args.goat.describe())
     if args.triplet:
@@ -325,7 +324,8 @@ def train_run(args, device, best_path, last_path, log_path):
         else:
             print(f"epoch {epoch}: loss {stats['loss']:.4f}")
         extra = {"scheduler": scheduler.state_dict(), "input_size": [args.height, args.width],
-                 "args": {**vars(args), "goat": goat_state, "triplet": defence_state}, "dataset": data.name,
+                 "args": {**vars(args), "goat": goat_state, "triplet": args.triplet and args.triplet.settings()},
+                 "dataset": data.name,
                  "train_pids": data.train_pids, "train_fingerprint": fingerprint, "goat": goat_state,
                  "uap_adv": defence.state() if defence else None,
                  **defence_states(objective, args)}

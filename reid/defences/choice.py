@@ -8,8 +8,9 @@ from reid.defences.triplet import TRIPLET_DEFENCES, TripletDefence, check_triple
 from reid.defences.universal import check_defence_flags
 from reid.runtime import ReidError
 
-GOAT_GUIDE_FLAGS = (("--sma", "sma"), ("--push", "push"), ("--pull", "pull"),
-                    ("--adv-guide-weights", "adv_guide_weights"))
+# GOAT's guide flags: (flag, argument, its value when not given)
+GOAT_GUIDE_FLAGS = (("--sma", "sma", False), ("--push", "push", None), ("--pull", "pull", False),
+                    ("--adv-guide-weights", "adv_guide_weights", "reference"))
 
 
 def choose_defence(args):
@@ -26,8 +27,7 @@ def choose_defence(args):
         raise ReidError("--adv-norm / --adv-eps / --adv-step: the budget of a defence's attack; "
                         "give --defence (or --adv)")
     if args.defence not in (None, "goat"):
-        unset = {"sma": False, "push": None, "pull": False, "adv_guide_weights": "reference"}
-        given = [flag for flag, name in GOAT_GUIDE_FLAGS if getattr(args, name) != unset[name]]
+        given = [flag for flag, name, unset in GOAT_GUIDE_FLAGS if getattr(args, name) != unset]
         if given:
             raise ReidError(f"--defence {args.defence} {given[0]}: GOAT's guide options, for --defence goat "
                             + ("(EST's guide is the image's own feature)" if args.defence == "est" else ""))

@@ -48,15 +48,11 @@ class FreeObjective:
         return delta
 
     def _advance(self, images):
-        """delta for this replay: last backward's step applied, fitted to the batch's shape."""
+        """delta for this replay: the last backward's step applied (zeros at the first batch;
+        batches are full-size, and -b cannot change on --resume)."""
         delta = self._stepped()
-        if delta is None or delta.shape[1:] != images.shape[1:]:
+        if delta is None or delta.shape != images.shape:
             delta = torch.zeros_like(images)
-        elif len(delta) != len(images):  # a batch of another size: its slots, zeros for new ones
-            fitted = torch.zeros_like(images)
-            k = min(len(delta), len(images))
-            fitted[:k] = delta[:k]
-            delta = fitted
         self.delta = delta.detach().to(images.device).requires_grad_(True)
         return self.delta
 

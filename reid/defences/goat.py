@@ -59,9 +59,23 @@ class GoatConfig:
     def describe(self):
         push = {"self": "SMA (own feature)", "pool": f"{self.num_push} pool guides",
                 "batch": "in-batch same-identity guides"}[self.push]
-        budget = (f"PGD eps {self.eps:g}/255, {self.iters} iterations of {self.step:g}/255" if self.norm == "linf"
-                  else f"L2 PGD radius {self.eps:g}, {self.iters} iterations of {self.step:g}")
-        return f"GOAT: push {push}{' + furthest pull' if self.pull else ''} ({self.weighting} weights), {budget}"
+        return (f"GOAT: push {push}{' + furthest pull' if self.pull else ''} ({self.weighting} weights), "
+                f"{describe_budget(self.eps, self.iters, self.step, self.norm)}")
+
+
+def adv_budget(eps, iters, step, norm):
+    """The inner attack's (eps, step) from train.py's ``--adv-*`` flags, checked (shared by every
+    defence): None takes the norm's defaults (L-inf 5/255 and 1/255; L2 radius 0.5 and 2.5 eps /
+    iters); step may be ``"auto"``."""
+    check_budget(eps, step, iters, flags=("--adv-eps", "--adv-step", "--adv-iters", "--adv-norm"), norm=norm)
+    eps = DEFAULT_EPS[norm] if eps is None else float(eps)
+    return eps, float(resolve_step(step, eps, iters, norm))
+
+
+def describe_budget(eps, iters, step, norm):
+    if norm == "linf":
+        return f"PGD eps {eps:g}/255, {iters} iterations of {step:g}/255"
+    return f"L2 PGD radius {eps:g}, {iters} iterations of {step:g}"
 
 
 def goat_config(adv, sma=False, push=None, pull=False, id_batch=False, eps=None, iters=7, step=None,
@@ -75,9 +89,7 @@ def goat_config(adv, sma=False, push=None, pull=False, id_batch=False, eps=None,
         if given:
             raise ReidError(f"{' '.join(given)}: GOAT options need --adv")
         return None
-    check_budget(eps, step, iters, flags=("--adv-eps", "--adv-step", "--adv-iters", "--adv-norm"), norm=norm)
-    eps = DEFAULT_EPS[norm] if eps is None else float(eps)
-    step = float(resolve_step(step, eps, iters, norm))
+    eps, step = adv_budget(eps, iters, step, norm)
     if sma and push is not None:
         raise ReidError("--sma and --push: choose one source of pushing guides")
     if push is not None and push < 1:

@@ -34,7 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reid.attacks import DEFAULT_EPS, attack_mode, check_budget, pack_guides, perturb, resolve_step
+from reid.attacks import attack_mode, pack_guides, perturb
+from reid.defences.goat import adv_budget, describe_budget
 from reid.runtime import ReidError, distributed
 
 TRIPLET_DEFENCES = ("act", "hm")
@@ -61,16 +62,13 @@ class TripletDefenceConfig:
     def describe(self):
         what = {"act": "ACT: positive and negative collapsed onto their midpoint",
                 "hm": "HM: soft-hard triplets raised to a gradual hardness, + intra-class structure"}[self.name]
-        budget = (f"PGD eps {self.eps:g}/255, {self.iters} iterations of {self.step:g}/255" if self.norm == "linf"
-                  else f"L2 PGD radius {self.eps:g}, {self.iters} iterations of {self.step:g}")
-        return f"{what} ({budget})"
+        return f"{what} ({describe_budget(self.eps, self.iters, self.step, self.norm)})"
 
 
 def triplet_config(name, eps=None, iters=7, step=None, norm="linf"):
     """The resolved config of ``--defence act|hm`` and the shared ``--adv-*`` budget flags."""
-    check_budget(eps, step, iters, flags=("--adv-eps", "--adv-step", "--adv-iters", "--adv-norm"), norm=norm)
-    eps = DEFAULT_EPS[norm] if eps is None else float(eps)
-    return TripletDefenceConfig(name, eps, int(iters), float(resolve_step(step, eps, iters, norm)), norm)
+    eps, step = adv_budget(eps, iters, step, norm)
+    return TripletDefenceConfig(name, eps, int(iters), step, norm)
 
 
 def euclidean(x, y):

@@ -102,8 +102,9 @@ def check_defence_flags(uap_adv, adv=None, eps=None, meta_dataset=None, meta_dat
                         meta_lr=None):
     """train.py's defence flags without touching files; a ReidError (one line) if they clash."""
     if uap_adv is not None and adv:
-        spelt = "--adv" if adv in (True, "goat") else f"--defence {adv}"
-        raise ReidError(f"--uap-adv and {spelt}: choose one defence (universal perturbations or {spelt[2:]})")
+        goat = adv in (True, "goat")
+        raise ReidError(f"--uap-adv and {'--adv' if goat else '--defence ' + adv}: choose one defence (universal "
+                        f"perturbations or {'GOAT' if goat else adv.upper()})")
     if uap_adv is None:
         given = [flag for flag, value in (("--uap-eps", eps), ("--meta-dataset", meta_dataset),
                                           ("--meta-dataset-kind", meta_dataset_kind), ("--meta-lr", meta_lr))
