@@ -10,12 +10,15 @@ Rows (train.py flags; every row `--classif --id_batch -ni 4 -b 32`, the same P x
   act      ACT (--defence act)
   hm       HM, gradual + intra-class structure (--defence hm)
   uap      online universal adversarial training (--uap-adv online)
+  free     free adversarial training (--free M: each batch replayed M times, epochs / M epochs, the same
+           budget of images seen x steps as the others)
 
 Every adversarial training has the same inner budget (--adv-eps, --adv-iters, step 1/255).
 Columns, all from gen_adv.py's results.json: clean mAP / rank-1; the standard suite's per-query
 worst case (-a standard: APGD x 3 losses + Square) at each --eps; ERS (-a ers at eps 8, step 3,
 RobRank's); a fresh UAP learned against the model itself (-a UAP, eps 8: adaptive); and the
-training cost, the mean epoch time (the log's train_seconds) over the clean model's.
+training cost, the whole run's training time (the log's train_seconds) over the clean model's (for
+every row but free this is the cost of an epoch in clean epochs).
 
 Every step is skipped when its output exists (a killed run resumes). Writes one JSON file and
 prints a Markdown table (%).
@@ -26,7 +29,6 @@ prints a Markdown table (%).
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -38,7 +40,7 @@ from reid.evaluation.report import entries  # noqa: E402
 
 BATCHES = ["--classif", "--id_batch", "-ni", 4, "-b", 32]
 DEFENCES = {"clean": [], "goat": ["--adv", "--pull"], "est": ["--defence", "est"], "act": ["--defence", "act"],
-            "hm": ["--defence", "hm"], "uap": ["--uap-adv", "online"]}
+            "hm": ["--defence", "hm"], "uap": ["--uap-adv", "online"], "free": ["--free"]}
 
 
 def main():
@@ -49,6 +51,7 @@ def main():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--adv-eps", type=float, default=5.0, help="the inner attacks' budget (/255)")
     p.add_argument("--adv-iters", type=int, default=2)
+    p.add_argument("--free-replays", type=int, default=4, help="M of the free row (it trains --epochs / M epochs)")
     p.add_argument("--eps", type=float, nargs="+", default=[2.0, 5.0], help="budgets of the standard suite")
     p.add_argument("--ids", type=int, default=100, help="training identities of the synthetic dataset (4 cameras, "
                    "one image per camera: a P x K epoch of K = 4 sees every training image once)")
@@ -66,15 +69,18 @@ def main():
     record = {"config": vars(args), "rows": {}}
     for name in args.rows:
         budget = [] if name in ("clean", "uap") else ["--adv-eps", args.adv_eps, "--adv-iters", args.adv_iters]
+        epochs = args.epochs
+        if name == "free":
+            budget, epochs = [args.free_replays, "--adv-eps", args.adv_eps], max(1, args.epochs // args.free_replays)
         if not os.path.isfile(os.path.join(work, f"{name}.done")):
             resume = ["--resume"] if os.path.isfile(os.path.join(work, f"{name}-last.th")) else []
-            sh(["train.py", data, *BATCHES, "--arch", args.arch, "--lr", args.lr, "-n", args.epochs, "-f",
+            sh(["train.py", data, *BATCHES, "--arch", args.arch, "--lr", args.lr, "-n", epochs, "-f",
                 f"{name}.th", "--checkpoint-dir", work, "--seed", 0, *SIZE, *common, *DEFENCES[name], *budget,
                 *resume], log)
             open(os.path.join(work, f"{name}.done"), "w").close()
         with open(os.path.join(work, f"{name}.log.jsonl")) as f:
-            epochs = [json.loads(line) for line in f]
-        row = {"epoch_seconds": statistics.mean(e["train_seconds"] for e in epochs)}
+            logged = [json.loads(line) for line in f]
+        row = {"epochs": len(logged), "train_seconds": sum(e["train_seconds"] for e in logged)}
         for tag, flags in (("standard", ["-a", "standard", "--eps", *args.eps]),
                            ("ers", ["-a", "ers", "--eps", 8, "--step", 3]),
                            ("uap", ["-a", "UAP", "--eps", 8])):
@@ -100,13 +106,15 @@ def markdown(record):
     c = record["config"]
     eps = [f"{e:g}" for e in c["eps"]]
     lines = [f"{c['epochs']} epochs each, {c['arch']} from scratch, seed 0, P x K batches (32 = 8 x 4); inner attacks "
-             f"PGD eps {c['adv_eps']:g}/255, {c['adv_iters']} iterations. mAP / rank-1 in %.", "",
+             f"PGD eps {c['adv_eps']:g}/255, {c['adv_iters']} iterations; free: --free {c['free_replays']} for "
+             f"{max(1, c['epochs'] // c['free_replays'])} epochs. mAP / rank-1 in %; ERS in [0, 100], higher is more "
+             "robust.", "",
              "| defence | clean mAP | clean rank-1 | " + " | ".join(f"standard worst, eps {e}" for e in eps)
-             + " | ERS (eps 8) | fresh UAP (eps 8) | cost (clean epochs) |",
+             + " | ERS (eps 8) | fresh UAP (eps 8) | training cost (x clean) |",
              "|---|---|---|" + "---|" * len(eps) + "---|---|---|"]
-    clean_epoch = record["rows"].get("clean", {}).get("epoch_seconds")
+    clean = record["rows"].get("clean", {}).get("train_seconds")
     for name, r in record["rows"].items():
-        cost = f"{r['epoch_seconds'] / clean_epoch:.1f}" if clean_epoch else "-"
+        cost = f"{r['train_seconds'] / clean:.1f}" if clean else "-"
         worst = " | ".join(pct(r["worst"][e]) for e in eps)
         lines.append(f"| {name} | {pct(r['clean'])} | {100 * r['clean']['rank1']:.1f} | {worst} | "
                      f"{r['ers']:.1f} | {pct(r['uap'])} | {cost} |")
