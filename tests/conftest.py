@@ -64,9 +64,72 @@ def synthetic_dataset(tmp_path_factory):
 SMALL = ["--height", "64", "--width", "32"]
 
 
+# The CLIs run in processes of their own, forked from a server that has imported the toolkit once:
+# each run is a fresh process (its own globals, seeds, exit status, stdout and stderr, as a user's
+# `python train.py ...`) without paying the interpreter's and torch's start-up every time.
+_PRELOAD = ["torch", "torchvision", "timm", "scipy.cluster.vq", "reid.cli.train", "reid.cli.attack",
+            "reid.cli.sort"]
+CLI_TIMEOUT = 900
+
+
+def _script_main(args, environ, out, err):
+    """In the forked child: `python *args` in ROOT with stdout / stderr into the files `out` / `err`."""
+    import runpy
+    import traceback
+
+    for fd, path in ((1, out), (2, err)):
+        with open(path, "wb") as f:
+            os.dup2(f.fileno(), fd)
+    os.environ.clear()
+    os.environ.update(environ)
+    os.chdir(ROOT)
+    sys.path.insert(0, ROOT)
+    code = 0
+    try:
+        if args[0] == "-m":
+            sys.argv = [args[1], *args[2:]]
+            runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = list(args)
+            runpy.run_path(os.path.join(ROOT, args[0]), run_name="__main__")
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def run_cli(*args, check=True):
-    """Run one of the CLIs as a user would; returns the CompletedProcess."""
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+    """Run one of the CLIs (a script of ROOT, or ``-m module``) as a user would; returns the CompletedProcess."""
+    import multiprocessing
+    import tempfile
+
+    args = [str(a) for a in args]
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+        child = ctx.Process(target=_script_main, args=(args, dict(os.environ), out, err))
+        child.start()
+        child.join(CLI_TIMEOUT)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+        texts = []
+        for path in (out, err):
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    texts.append(f.read())
+            else:
+                texts.append("")
+    proc = subprocess.CompletedProcess([sys.executable, *args], child.exitcode, *texts)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

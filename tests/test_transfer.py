@@ -182,3 +182,85 @@ def test_worst_case_on_a_target_is_taken_over_its_own_features(trained_checkpoin
     assert worst["metrics"]["mAP"] == pytest.approx(np.nanmean(lowest), abs=1e-9)
     assert worst["metrics"]["mAP"] != pytest.approx(results["worst"]["metrics"]["mAP"], abs=1e-6)
     assert worst["candidates"] == ["FNA run 0", "SMA run 0"] and sum(worst["lowest_ap"].values()) > 0
+
+
+def test_ensemble_guided_loss_is_the_mean_of_its_members_losses():
+    """The guided loss on the ensemble's features, with guides that are ensemble features too,
+    equals (value and gradient) the mean over members of the loss on each member's normalised
+    features against its own normalised guides, by brute force."""
+    from conftest import tiny_model
+    from reid.attacks.loss import GuidedLoss, pack_guides
+    from reid.evaluation.transfer import Ensemble
+
+    members = [tiny_model(seed=0, dim=16), tiny_model(seed=1, dim=8), tiny_model(seed=2, dim=16)]
+    ensemble = Ensemble(members).eval()
+    torch.manual_seed(0)
+    x, guide_images = torch.rand(4, 3, 32, 16), torch.rand(4 * 3, 3, 32, 16)
+    weights = torch.tensor([[1.0, -0.5, 0.0]]).repeat(4, 1)
+
+    def loss_of(x, model):
+        with torch.no_grad():
+            guides = model(guide_images).view(4, 3, -1)
+        return GuidedLoss()(model(x), pack_guides(guides, weights))
+
+    def normalised(m):
+        return lambda images: F.normalize(m(images), dim=1)
+
+    xe = x.clone().requires_grad_(True)
+    value = loss_of(xe, ensemble)
+    value.backward()
+    xm = x.clone().requires_grad_(True)
+    mean = sum(loss_of(xm, normalised(m)) for m in members) / len(members)
+    mean.backward()
+    assert value.item() == pytest.approx(mean.item(), rel=1e-5)
+    torch.testing.assert_close(xe.grad, xm.grad, rtol=1e-4, atol=1e-6)
+    assert ensemble(x).shape == (4, 40) and torch.allclose(ensemble(x).norm(dim=1), torch.ones(4))
+
+
+def test_surrogates_attack_the_ensemble_and_record_it(trained_checkpoint, synthetic_dataset, tmp_path):
+    """gen_adv.py --surrogates: the white-box numbers are the ensemble's (its clean metrics
+    against the members' features computed directly, one member read at another size), the
+    attack lowers them, a held-out --transfer-to target is evaluated, and results.json records
+    the members."""
+    import gen_adv
+    ckpt = read_checkpoint(str(trained_checkpoint / "m.th"))
+    ckpt["input_size"] = [96, 48]
+    other = str(tmp_path / "big.th")
+    torch.save(ckpt, other)
+    main = str(trained_checkpoint / "m.th")
+    results = gen_adv.main([str(trained_checkpoint), synthetic_dataset, "m.th", "-a", "FNA", *COMMON,
+                            "--out", str(tmp_path / "out"), "--surrogates", other, "--transfer-to", main])
+    member = results["config"]["surrogates"][other]
+    assert member["input_size"] == [96, 48] and member["adversarial_images_resized_from"] == [64, 32]
+    assert [m["arch"] for m in results["config"]["model"]["ensemble"]] == ["resnet50", "resnet50"]
+    assert results["config"]["ensemble_sha256"] != results["config"]["checkpoint_sha256"]
+
+    model, _ = load_model(main)
+    model.eval()
+    data = load_dataset(synthetic_dataset)
+    small = build_transforms(64, 32)
+
+    def features(samples):
+        x = torch.stack([small(read_image(s.path)) for s in samples])
+        big = F.interpolate(x, size=(96, 48), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+        return torch.cat([F.normalize(model(x), dim=1), F.normalize(model(big), dim=1)], dim=1) / 2 ** 0.5
+
+    with torch.no_grad():
+        q, g = features(data.query), features(data.gallery)
+    pids, cams = np.array([s.pid for s in data.query]), np.array([s.camid for s in data.query])
+    gpids, gcams = np.array([s.pid for s in data.gallery]), np.array([s.camid for s in data.gallery])
+    expected = retrieval_metrics(q, g, pids, gpids, cams, gcams)
+    assert results["clean"]["mAP"] == pytest.approx(expected["mAP"], abs=1e-4)
+    assert results["attacks"]["FNA"]["mean"]["mAP"] < results["clean"]["mAP"]
+    held_out = results["transfer"][main]
+    assert held_out["attacks"]["FNA"]["mean"]["mAP"] < held_out["clean"]["mAP"]
+
+
+def test_surrogates_flag_errors(trained_checkpoint, tmp_path):
+    import gen_adv
+    base = [str(trained_checkpoint), str(trained_checkpoint), "m.th", "-a", "FNA", "--surrogates"]
+    ckpt = str(trained_checkpoint / "m.th")
+    with pytest.raises(ReidError, match=r"^--surrogates .*nope.th: no such checkpoint file$"):
+        gen_adv.parse_args(base + [str(tmp_path / "nope.th")])
+    with pytest.raises(ReidError, match=r"^--surrogates .*m.th: given twice$"):
+        gen_adv.parse_args(base + [ckpt, ckpt])

@@ -44,6 +44,10 @@ def parse_args(argv=None):
     p.add_argument("--transfer-to", nargs="+", default=[], metavar="CKPT",
                    help="also evaluate the same adversarial images on these checkpoints (transfer; each rebuilt "
                         "from the checkpoint, images resized to its input size if it differs)")
+    p.add_argument("--surrogates", nargs="+", default=[], metavar="CKPT",
+                   help="attack the ensemble of the model and these checkpoints: the mean of their guided losses, "
+                        "each model's features L2-normalised; results are the ensemble's, --transfer-to the "
+                        "held-out models' (docs/transfer.md)")
     p.add_argument("--dataset", default=DEFAULTS.dataset, choices=DATASET_NAMES)
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--classif", dest="kind", action="store_const", const="classif",

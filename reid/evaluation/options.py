@@ -60,6 +60,7 @@ class Options:
     meta_dataset_kind: Optional[str] = None
     amp: bool = False
     transfer_to: List[str] = field(default_factory=list)  # checkpoints the adversarial images are also fed to
+    surrogates: List[str] = field(default_factory=list)  # checkpoints attacked with the model, as one ensemble
 
     @classmethod
     def from_namespace(cls, namespace):
@@ -95,10 +96,11 @@ def python_options(what, **given):
     for name in PATH_OPTIONS:
         if isinstance(values.get(name), os.PathLike):
             values[name] = os.fspath(values[name])
-    if isinstance(values.get("transfer_to"), (str, os.PathLike)):
-        values["transfer_to"] = [values["transfer_to"]]
-    if isinstance(values.get("transfer_to"), (list, tuple)):
-        values["transfer_to"] = [os.fspath(v) if isinstance(v, os.PathLike) else v for v in values["transfer_to"]]
+    for name in ("transfer_to", "surrogates"):
+        if isinstance(values.get(name), (str, os.PathLike)):
+            values[name] = [values[name]]
+        if isinstance(values.get(name), (list, tuple)):
+            values[name] = [os.fspath(v) if isinstance(v, os.PathLike) else v for v in values[name]]
     if isinstance(values.get("attack"), str):
         values["attack"] = [values["attack"]]
     hints = typing.get_type_hints(Options)
@@ -181,6 +183,8 @@ def check_options(opts):
                         "--save-images or use a larger --eps")
     opts.transfer_to = [str(p) for p in (opts.transfer_to or [])]
     check_transfer_paths(opts.transfer_to)
+    opts.surrogates = [str(p) for p in (opts.surrogates or [])]
+    check_transfer_paths(opts.surrogates, "--surrogates")
     return opts
 
 

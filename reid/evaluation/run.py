@@ -31,7 +31,8 @@ from reid.evaluation.pictures import Pictures
 from reid.evaluation.report import budget_rows, entries, ers_entry, worst_entry, write_report
 from reid.evaluation.splits import Split, split_metrics
 from reid.evaluation.tables import goal_table, metrics_table, side_by_side
-from reid.evaluation.transfer import TransferFeatures, clean_arrays, extract_target_features, load_targets
+from reid.evaluation.transfer import (TransferFeatures, clean_arrays, extract_target_features, load_targets,
+                                      surrogate_ensemble)
 from reid.evaluation.universal import obtain_uap
 from reid.metrics import pairwise_distance, summarize_runs
 from reid.models import check_feature_model, check_materialised
@@ -166,6 +167,9 @@ def _run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sh
     sweep = len(budgets) > 1
     for eps in budgets if opts.attack else ():  # an L2 radius against this input size's diameter
         check_budget(eps, opts.step, opts.max_iter, norm=opts.norm, input_size=input_size)
+    if opts.surrogates:  # the attacked model is the ensemble: every number below is the ensemble's
+        model, surrogates, model_sha256 = surrogate_ensemble(model, opts.surrogates, input_size, device, model_sha256)
+        config = {**(config or {}), "surrogates": surrogates, "ensemble_sha256": model_sha256}
     model = amp.wrap(model, opts.amp, device)
     if opts.input_defence:  # evaluated as the user deploys it: every pass goes through the transformation
         model = InputDefence(model, opts.input_defence, opts.bpda)
@@ -174,7 +178,7 @@ def _run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sh
     height, width = input_size
     metric = "cosine" if opts.cosine else "euclidean"
     targets = load_targets(opts.transfer_to, (height, width), device)  # a bad checkpoint stops the run now
-    removed = clear_outputs(out, keep=(opts.uap, dataset_folder, *opts.transfer_to))
+    removed = clear_outputs(out, keep=(opts.uap, dataset_folder, *opts.transfer_to, *opts.surrogates))
     if removed:
         print(f"note: {out} held an earlier run's outputs, removed: {', '.join(removed)}")
 

@@ -14,7 +14,16 @@ loop and nothing is written to disk. A target computes its features exactly as
 ``attack_batch`` does for the surrogate (one no-grad forward pass of the perturbed rows,
 clean features for the rows the attack leaves alone), so the surrogate as its own target
 reproduces the white-box numbers exactly.
+
+An ensemble of surrogates (``--surrogates CKPT ...``) is the attacked model itself: ``Ensemble``
+concatenates the members' L2-normalised features scaled by 1/sqrt(N), so the guided loss
+(a weighted sum of squared distances) on the ensemble is exactly the mean of the members'
+guided losses, each against its own guides. The attack, its guides, the white-box metrics
+and the held-out targets (``--transfer-to``) then need nothing of their own.
 """
+
+import hashlib
+import math
 
 import os
 from dataclasses import dataclass, field
@@ -33,17 +42,17 @@ from reid.runtime import ReidError, distributed, file_sha256
 FLAG = "--transfer-to"
 
 
-def check_transfer_paths(paths):
-    """Each target once, an existing file: one line naming the flag otherwise."""
+def check_transfer_paths(paths, flag=FLAG):
+    """Each checkpoint once, an existing file: one line naming the flag otherwise."""
     seen = set()
     for path in paths:
         if os.path.isdir(path):
-            raise ReidError(f"{FLAG} {path}: is a folder, expected a checkpoint file")
+            raise ReidError(f"{flag} {path}: is a folder, expected a checkpoint file")
         if not os.path.isfile(path):
-            raise ReidError(f"{FLAG} {path}: no such checkpoint file")
+            raise ReidError(f"{flag} {path}: no such checkpoint file")
         key = os.path.realpath(path)
         if key in seen:
-            raise ReidError(f"{FLAG} {path}: given twice")
+            raise ReidError(f"{flag} {path}: given twice")
         seen.add(key)
 
 
@@ -86,22 +95,64 @@ class TransferTarget:
         return [(name, run, values) for name in names for run, values in enumerate(self.per_query[name, eps])]
 
 
+def load_view(path, input_size, device):
+    """A checkpoint's model rebuilt from the checkpoint alone, in eval mode on `device`, and the
+    view the surrogate's images (at `input_size`) reach it through; returns (model, its input
+    size, the size its images are resized from or None, view, what results.json records)."""
+    model, ckpt = load_model(path, map_location="cpu")
+    size = tuple(ckpt.get("input_size") or (256, 128))
+    check_input_size(model, size, path)
+    model.to(device).eval()
+    resize_from = None if size == tuple(input_size) else tuple(input_size)
+    view = ResizedInput(model, size).eval() if resize_from else model
+    info = {"checkpoint": os.path.abspath(path), "checkpoint_sha256": file_sha256(path),
+            "checkpoint_epoch": ckpt.get("epoch"), "model": model.config(), "input_size": list(size),
+            "adversarial_images_resized_from": list(resize_from) if resize_from else None}
+    return model, size, resize_from, view, info
+
+
 def load_targets(paths, input_size, device):
     """Rebuild every target from its checkpoint alone (before any feature is extracted, so a
     bad file stops the run at once)."""
     targets = []
     for path in paths:
-        model, ckpt = load_model(path, map_location="cpu")
-        size = tuple(ckpt.get("input_size") or (256, 128))
-        check_input_size(model, size, path)
-        model.to(device).eval()
-        resize_from = None if size == tuple(input_size) else tuple(input_size)
-        view = ResizedInput(model, size).eval() if resize_from else model
-        info = {"checkpoint": os.path.abspath(path), "checkpoint_sha256": file_sha256(path),
-                "checkpoint_epoch": ckpt.get("epoch"), "model": model.config(), "input_size": list(size),
-                "adversarial_images_resized_from": list(resize_from) if resize_from else None}
+        model, size, resize_from, view, info = load_view(path, input_size, device)
         targets.append(TransferTarget(path, model, size, resize_from, view, info=info))
     return targets
+
+
+class Ensemble(torch.nn.Module):
+    """Models attacked as one: features (B, sum of D_i), the members' L2-normalised features
+    concatenated and scaled by 1/sqrt(N). A squared distance between two such features is the
+    mean over members of their normalised squared distances, so the guided loss is the mean of
+    the members' losses."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x):
+        scale = 1 / math.sqrt(len(self.members))
+        return torch.cat([F.normalize(m(x).float(), dim=1) * scale for m in self.members], dim=1)
+
+    def config(self):
+        described = [getattr(m, "model", m) for m in self.members]  # a ResizedInput's model
+        return {"ensemble": [m.config() if callable(getattr(m, "config", None)) else type(m).__name__
+                             for m in described]}
+
+
+def surrogate_ensemble(model, paths, input_size, device, model_sha256=None):
+    """``model`` and the checkpoints ``paths`` as one ``Ensemble`` (each fed the images at
+    `input_size`, resized to its own size where it differs); returns (ensemble, the
+    results.json record of the surrogates, a SHA-256 of the members' SHA-256s in order)."""
+    views, info = [model], {}
+    for path in paths:
+        *_, view, record = load_view(path, input_size, device)
+        views.append(view)
+        info[path] = record
+    digest = hashlib.sha256(" ".join([str(model_sha256)] + [r["checkpoint_sha256"] for r in info.values()])
+                            .encode()).hexdigest()
+    return Ensemble(views).eval(), info, digest
 
 
 class ResizedInput(torch.nn.Module):
