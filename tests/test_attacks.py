@@ -398,7 +398,8 @@ def test_registry_and_advertorch_reexport():
     # the table beyond the papers: APGD on every PGD row's guides, the ranking loss, Square
     assert {n for n in ATTACKS if n not in ATTACK_NAMES} == {
         "APGD_IFGSM", "APGD_SMA", "APGD_ODFA", "APGD_FNA", "APGD_FNA_pull", "APGD_FNA_rand", "RANK", "APGD_RANK",
-        "SQUARE_SMA", "SQUARE_FNA", "SQUARE_RANK", "QA+", "QA-", "SPQA+", "CA+", "CA-", "TMA", "LTM", "GTM", "GTT"}
+        "SQUARE_SMA", "SQUARE_FNA", "SQUARE_RANK", "BANDITS_SMA", "BANDITS_FNA", "BANDITS_RANK", "RGF_SMA", "RGF_FNA",
+        "RGF_RANK", "QA+", "QA-", "SPQA+", "CA+", "CA-", "TMA", "LTM", "GTM", "GTT"}
     assert resolve_attack_names(["ers"]) == ["CA+", "CA-", "QA+", "QA-", "TMA", "SMA", "LTM", "GTM", "GTT"]
     assert resolve_attack_names(["standard", "FNA"]) == ["APGD_SMA", "APGD_FNA", "APGD_RANK", "SQUARE_RANK", "FNA"]
     assert ATTACKS["FGSM"].iterations(15) == 1 and ATTACKS["FNA"].iterations(15) == 15

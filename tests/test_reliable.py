@@ -10,7 +10,8 @@ import torch.nn as nn
 
 from conftest import SMALL, run_cli, tiny_model
 from reid.attacks import ATTACKS, SUITES, RankingLoss, apgd_checkpoints, attack_batch, plan_attack
-from reid.attacks.optimisers import OPTIMISERS, _square_side
+from reid.attacks.blackbox import _square_side
+from reid.attacks.optimisers import OPTIMISERS
 from reid.cli.attack import parse_args
 from reid.defences import InputDefence
 from reid.evaluation.checks import file_checks, gradient_free_check, model_checks
@@ -265,6 +266,8 @@ def test_the_standard_suite_is_fixed():
 
 @pytest.mark.parametrize("extra,message", [
     (["-a", "SQUARE_FNA", "--queries", "0"], "--queries 0"),
+    (["-a", "RGF_FNA", "--queries", "10"], "--queries 10: -a RGF_FNA spends 11 queries a step; give at least 11"),
+    (["-a", "BANDITS_RANK", "--norm", "l2"], "BANDITS_RANK has no l2 form"),
     (["-a", "FNA", "--eot", "0"], "--eot 0"),
     (["-a", "FNA", "--restarts", "0"], "--restarts 0"),
     (["-a", "FNA", "--input-defence", "blur:3"], "--input-defence blur:3: expected one of"),
@@ -289,14 +292,18 @@ def test_one_line_errors(tmp_path, tiny_market, extra, message):
 def test_gen_adv_records_optimisers_queries_and_checks(trained_checkpoint, synthetic_dataset, tmp_path):
     out = tmp_path / "out"
     run_cli("gen_adv.py", trained_checkpoint, synthetic_dataset, "m.th", "-a", "FNA", "APGD_FNA", "APGD_RANK",
-            "SQUARE_RANK", "--eps", "4", "--max_iter", "5", "--queries", "20", "--restarts", "2", "--workers", "0",
-            "--device", "cpu", "--out", out, *SMALL)
+            "SQUARE_RANK", "BANDITS_FNA", "RGF_SMA", "--eps", "4", "--max_iter", "5", "--queries", "20", "--restarts",
+            "2", "--workers", "0", "--device", "cpu", "--out", out, *SMALL)
     results = json.loads((out / "results.json").read_text())
     attacks = results["attacks"]
     assert attacks["FNA"]["optimiser"] == "pgd" and attacks["FNA"]["gradient_passes"] == 10
     assert attacks["APGD_FNA"]["optimiser"] == "apgd" and attacks["APGD_FNA"]["step"] is None
     assert attacks["APGD_RANK"]["uses_gallery"] and not attacks["APGD_FNA"]["uses_gallery"]
     assert attacks["SQUARE_RANK"]["gradient_free"] and attacks["SQUARE_RANK"]["queries"]["mean"] == 40
+    # Bandits: 2 queries a step, 10 steps per restart; RGF: 11 a step, one step (the rest of 20 unspent)
+    assert attacks["BANDITS_FNA"]["optimiser"] == "bandits" and attacks["BANDITS_FNA"]["queries"]["per_image"] == 40
+    assert attacks["RGF_SMA"]["optimiser"] == "rgf" and attacks["RGF_SMA"]["queries"]["per_image"] == 22
+    assert attacks["BANDITS_FNA"]["mean"]["mAP"] < results["clean"]["mAP"]
     assert results["checks"]["ran"] and isinstance(results["checks"]["warnings"], list)
     assert results["attacks"]["APGD_RANK"]["mean"]["mAP"] < results["clean"]["mAP"]
 

@@ -41,6 +41,7 @@ import torch
 
 from ._compat import (GradientAttack, GradientSignAttack, LinfPGDAttack, MomentumIterativeAttack,
                       perturb_iterative)
+from .blackbox import QUERIES_PER_STEP, QUERY_OPTIMISERS, linf_box, query_losses
 
 # Below this, a gradient counts as zero (advertorch's normalize_by_pnorm uses the same floor).
 _TINY = 1e-6
@@ -52,7 +53,8 @@ class Optimiser:
 
     eps / step are in [0, 1] pixel units (L-inf: already divided by 255). ``l2`` None: the
     optimiser has no L2 form. ``gradient_free``: it only queries features (``max_iter`` is
-    then its query budget per image, and no backward pass is made). ``random``: it draws
+    then its query budget per image, spent ``queries_per_step`` at a time, and no backward
+    pass is made; ``blackbox.py``). ``random``: it draws
     random numbers as it goes and takes ``generators=`` (one ``torch.Generator`` per image,
     or None for the global RNG). ``own_step``: it ignores ``step`` (APGD's step schedule).
     """
@@ -63,17 +65,16 @@ class Optimiser:
     gradient_free: bool = False
     random: bool = False
     own_step: bool = False
+    queries_per_step: int = 1
 
     def run(self, norm):
         return {"linf": self.linf, "l2": self.l2}[norm]
 
     def iterations(self, max_iter):
+        """Gradient passes per image, or for a gradient-free optimiser the queries it spends."""
+        if self.gradient_free:
+            return int(max_iter) // self.queries_per_step * self.queries_per_step
         return 1 if self.single_step else int(max_iter)
-
-
-def linf_box(x, eps):
-    """The per-element bounds of (L-inf ball of radius eps around x) ∩ [0, 1]."""
-    return (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
 
 
 def l2_directions(v):
@@ -161,8 +162,7 @@ def apgd_checkpoints(n_iter):
 def _loss_and_grad(predict, loss_fn, x, y, need_grad=True):
     """Per-image losses (B,) at x, and their input gradient (None when ``need_grad`` is False)."""
     if not need_grad:
-        with torch.no_grad():
-            return loss_fn.per_sample(predict(x), y).detach(), None
+        return query_losses(predict, loss_fn, x, y), None
     x = x.detach().requires_grad_(True)
     losses = loss_fn.per_sample(predict(x), y)
     grad, = torch.autograd.grad(losses.sum(), x)
@@ -225,66 +225,11 @@ def _apgd(norm):
     return run
 
 
-def _square_linf(predict, loss_fn, x, x0, y, eps, step, max_iter, generators=None, p_init=0.8):
-    """Square attack, L-inf (Andriushchenko et al., ECCV 2020): ``max_iter`` queries per image.
-
-    Query 1: vertical stripes, each column of each channel at x +- eps. Each later query
-    proposes, per image, a square window of side round(sqrt(p H W)) at a random place set to
-    x +- eps (a random sign per channel, changed where it would leave the window as it is),
-    and keeps it only where the loss rose. p follows the paper's schedule over the budget
-    (p_init halved at 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 of 10000 queries). x0 is
-    not used (the stripes are the start). ``generators``: one per image, or None (global RNG).
-    """
-    n_queries = int(max_iter)
-    batch, channels, height, width = x.shape
-    lo, hi = linf_box(x, eps)
-
-    def draw(high, shape=()):
-        """Integers in [0, high) of ``shape`` per image, stacked (B, *shape): from each image's
-        generator, or from the global RNG."""
-        if generators is None:
-            return torch.randint(0, high, (batch,) + shape).to(x.device)
-        return torch.stack([torch.randint(0, high, shape, generator=g) for g in generators]).to(x.device)
-
-    def signs(shape):
-        return draw(2, shape).to(x.dtype) * 2 - 1
-
-    cur = torch.minimum(torch.maximum(x + eps * signs((channels, 1, width)), lo), hi)
-    # every later query's draws at once, one (queries, 2 + channels) table per image: window
-    # corner and channel signs are these integers modulo their ranges (a bias below 2^-50)
-    table = draw(2 ** 62, (n_queries, 2 + channels))
-    loss, _ = _loss_and_grad(predict, loss_fn, cur, y, need_grad=False)
-    rows = torch.arange(height, device=x.device).view(1, 1, height, 1)
-    cols = torch.arange(width, device=x.device).view(1, 1, 1, width)
-    for query in range(1, n_queries):
-        side = _square_side(p_init, query, n_queries, height, width)
-        top = (table[:, query, 0] % (height - side + 1)).view(-1, 1, 1, 1)
-        left = (table[:, query, 1] % (width - side + 1)).view(-1, 1, 1, 1)
-        window = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
-        sign = (table[:, query, 2:] % 2).to(x.dtype).view(-1, channels, 1, 1) * 2 - 1
-        same = (torch.where(window, x + eps * sign, cur).clamp(0, 1) - cur).abs().flatten(1).amax(1) == 0
-        sign = torch.where(same.view(-1, 1, 1, 1), -sign, sign)
-        proposal = torch.minimum(torch.maximum(torch.where(window, x + eps * sign, cur), lo), hi)
-        new_loss, _ = _loss_and_grad(predict, loss_fn, proposal, y, need_grad=False)
-        better = new_loss > loss
-        cur = torch.where(better.view(-1, 1, 1, 1), proposal, cur)
-        loss = torch.where(better, new_loss, loss)
-    return cur
-
-
-def _square_side(p_init, query, n_queries, height, width):
-    """The window side at ``query`` of ``n_queries``: the paper's schedule of the window
-    fraction p (stated for 10000 queries, rescaled to the budget), side round(sqrt(p H W))."""
-    at = int(query / n_queries * 10000)
-    halvings = sum(at > t for t in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))
-    p = p_init / 2 ** halvings
-    return max(1, min(int(round(math.sqrt(p * height * width))), height, width))
-
-
 OPTIMISERS = {
     "fgsm": Optimiser(_fgsm, _fgm_l2, single_step=True),
     "pgd": Optimiser(_pgd, _pgd_l2),
     "momentum": Optimiser(_momentum, _momentum_l2),
     "apgd": Optimiser(_apgd("linf"), _apgd("l2"), own_step=True),
-    "square": Optimiser(_square_linf, None, gradient_free=True, random=True, own_step=True),
+    **{name: Optimiser(run, None, gradient_free=True, random=True, own_step=name == "square",
+                       queries_per_step=QUERIES_PER_STEP[name]) for name, run in QUERY_OPTIMISERS.items()},
 }

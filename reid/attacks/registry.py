@@ -115,19 +115,20 @@ TARGETED = {goal: AttackSpec(None, None, "pgd", False, f"{text} (knows the galle
             for goal, text in _GOAL_TEXT.items()}
 
 # APGD_<X>: the guides of X with APGD as the optimiser (MIFGSM's momentum is APGD's own);
-# SQUARE_<X>: the guides of X with the gradient-free Square attack.
+# SQUARE_<X> / BANDITS_<X> / RGF_<X>: the loss of X with a query-based optimiser (blackbox.py).
+QUERY_ATTACKS = {"square": "Square (gradient-free)", "bandits": "Bandits-TD (gradient estimated from queries)",
+                 "rgf": "RGF (gradient estimated from queries)"}
 ATTACKS = {
     **PAPER_ATTACKS,
     **{f"APGD_{name}": replace(spec, optimiser="apgd", paper=False, description=f"APGD on {name}'s guides")
        for name, spec in PAPER_ATTACKS.items() if spec.optimiser == "pgd"},
     "RANK": RANK,
     "APGD_RANK": replace(RANK, optimiser="apgd", description="APGD on the ranking loss (knows the gallery)"),
-    "SQUARE_SMA": replace(PAPER_ATTACKS["SMA"], optimiser="square", paper=False,
-                          description="Square (gradient-free) away from the image's own feature"),
-    "SQUARE_FNA": replace(PAPER_ATTACKS["FNA"], optimiser="square", paper=False,
-                          description="Square (gradient-free) on FNA's guides"),
-    "SQUARE_RANK": replace(RANK, optimiser="square",
-                           description="Square (gradient-free) on the ranking loss (knows the gallery)"),
+    **{f"{label.upper()}_{name}": replace(spec, optimiser=label, paper=False, description=f"{text} {what}")
+       for label, text in QUERY_ATTACKS.items()
+       for name, spec, what in (("SMA", PAPER_ATTACKS["SMA"], "away from the image's own feature"),
+                                ("FNA", PAPER_ATTACKS["FNA"], "on FNA's guides"),
+                                ("RANK", RANK, "on the ranking loss (knows the gallery)"))},
     **TARGETED,
 }
 

@@ -72,7 +72,8 @@ def parse_args(argv=None):
                    help="threat model of the per-image attacks: linf (default) or l2")
     p.add_argument("--max_iter", type=int, default=DEFAULTS.max_iter, help="iterations of iterative attacks (default 15)")
     p.add_argument("--queries", type=int, default=DEFAULTS.queries,
-                   help="query budget per image of the gradient-free SQUARE_* attacks (default 1000)")
+                   help="query budget per image of the gradient-free SQUARE_* / BANDITS_* / RGF_* attacks "
+                        "(default 1000)")
     p.add_argument("--restarts", type=int, default=DEFAULTS.restarts,
                    help="runs per image of every iterative attack, the best kept by its loss (default 1)")
     p.add_argument("--eot", type=int, default=DEFAULTS.eot, metavar="K",

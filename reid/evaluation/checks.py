@@ -7,8 +7,8 @@ that need only results.json on old files. Silent on healthy runs.
                        inference needs --eot K (fires only when --eot is 1);
   zero_gradient        images whose input gradient is exactly zero (rounding, non-differentiable
                        steps): gradient attacks learn nothing there (try --bpda, or Square);
-  gradient_free_wins   a gradient-free attack (SQUARE_*) gets a lower AP than every gradient
-                       attack on a clear share of the queries at the same budget: suspected
+  gradient_free_wins   a gradient-free attack (SQUARE_*, BANDITS_*, RGF_*) gets a lower AP
+                       than every gradient attack on a clear share of the queries at the same budget: suspected
                        gradient masking;
   eps_not_monotone     in a sweep, an attack's (or the worst case's) mAP rises with eps;
   large_eps_far        at an L-inf budget >= 32/255, the lowest mAP is still far from zero;

@@ -8,8 +8,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import List, Optional, Union
 
-from reid.attacks import (ATTACKS, DEFAULT_EPS, DEFAULT_STEP, SUITES, UapConfig, check_attack_args, check_norm,
-                          parse_step)
+from reid.attacks import (ATTACKS, DEFAULT_EPS, DEFAULT_STEP, OPTIMISERS, SUITES, UapConfig, check_attack_args,
+                          check_norm, parse_step)
 from reid.defences import check_bpda, parse_input_defence
 from reid.evaluation.transfer import check_transfer_paths
 from reid.runtime import MAX_SEED, ReidError, check_number
@@ -26,7 +26,7 @@ class Options:
     eps: Union[None, float, List[float]] = None  # one budget, or several (a sweep); None: the norm's default
     step: Union[None, float, str] = None  # a number, "auto" (2.5 eps / max_iter) or None (the norm's default)
     max_iter: int = 15
-    queries: int = 1000  # the query budget per image of the gradient-free (Square) attacks
+    queries: int = 1000  # the query budget per image of the gradient-free attacks (Square, Bandits, RGF)
     restarts: int = 1  # runs of every per-image attack per image, the best kept (by its loss)
     eot: int = 1  # forward passes averaged per gradient (expectation over transformation)
     rank_k: int = 1  # the ranking loss's non-match rank: the nearest true match pushed behind the k-th non-match
@@ -211,7 +211,7 @@ def check_suites(opts, names):
 
 # Optimiser flags: (flag, Options field, which attack specs use it, what those are).
 OPTIMISER_FLAGS = (
-    ("--queries", "queries", lambda s: s.gradient_free, "the gradient-free SQUARE_* attacks"),
+    ("--queries", "queries", lambda s: s.gradient_free, "the gradient-free SQUARE_* / BANDITS_* / RGF_* attacks"),
     ("--restarts", "restarts", lambda s: s.optimiser != "fgsm", "per-image attacks except FGSM"),
     ("--eot", "eot", lambda s: True, "per-image attacks"),
     ("--rank-k", "rank_k", lambda s: s.loss == "ranking", "per-image attacks on the ranking loss (*RANK)"),
@@ -229,6 +229,11 @@ def check_optimiser_flags(opts):
         value = getattr(opts, field_name)
         if value != Options.__dataclass_fields__[field_name].default and not any(map(used_by, specs.values())):
             raise ReidError(f"{flag} {value}: no attack of -a uses it ({users})")
+    for name, spec in specs.items():
+        per_step = OPTIMISERS[spec.optimiser].queries_per_step
+        if spec.gradient_free and opts.queries < per_step:
+            raise ReidError(f"--queries {opts.queries}: -a {name} spends {per_step} queries a step; "
+                            f"give at least {per_step}")
     ranking = [n for n, s in specs.items() if s.uses_gallery and s.side is None]
     if ranking and opts.gallery:
         raise ReidError(f"--gallery: {ranking[0]} attacks the queries' ranking against the clean gallery; "
