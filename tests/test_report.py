@@ -156,3 +156,44 @@ def test_report_cli_reads_a_results_json_from_before_sweeps(tmp_path, capsys):
             cli_main(lambda: report.main([str(path)]))
         err = capsys.readouterr().err
         assert exit_code.value.code == 2 and len(err.strip().splitlines()) == 1 and "results.json" in err, err
+
+
+def test_threat_model_view_takes_the_strongest_attack_of_each_threat_per_budget(tmp_path, capsys):
+    """White-box, black-box (with its query budget) and universal rows from the run itself, the
+    transfer row from another model's run that lists this checkpoint among its targets (by
+    SHA-256; a run on an unrelated target is ignored); noise is a baseline, not a threat."""
+    def entry(m, eps, **extra):
+        return {"mean": metrics(m), "runs": [metrics(m)], "eps": eps, **extra}
+
+    white, free = {"gradient_free": False}, {"gradient_free": True, "queries": {"per_image": 1000}}
+    main = {"config": {"eps": [2.0, 5.0], "checkpoint_sha256": "abc"}, "clean": metrics(0.9), "attacks": {
+        "FNA": {"by_eps": [entry(0.5, 2.0, **white), entry(0.3, 5.0, **white)]},
+        "APGD_RANK": {"by_eps": [entry(0.45, 2.0, **white), entry(0.35, 5.0, **white)]},
+        "SQUARE_RANK": {"by_eps": [entry(0.7, 2.0, **free), entry(0.6, 5.0, **free)]},
+        "BANDITS_FNA": {"by_eps": [entry(0.75, 2.0, **free), entry(0.55, 5.0, **free)]},
+        "UAP": {"by_eps": [entry(0.8, 2.0), entry(0.65, 5.0)]},
+        "noise": {"by_eps": [entry(0.1, 2.0), entry(0.1, 5.0)]}}}
+    surrogate = {"config": {"eps": 5.0, "transfer_targets": {"m.th": {"checkpoint_sha256": "abc"},
+                                                             "x.th": {"checkpoint_sha256": "zzz"}}},
+                 "clean": metrics(0.9), "attacks": {},
+                 "transfer": {"m.th": {"attacks": {"FNA": entry(0.85, 5.0), "MIFGSM": entry(0.8, 5.0)}},
+                              "x.th": {"attacks": {"FNA": entry(0.01, 5.0)}}}}
+    unrelated = {"config": {"eps": 5.0, "transfer_targets": {"y.th": {"checkpoint_sha256": "zzz"}}},
+                 "clean": metrics(0.9), "attacks": {}, "transfer": {"y.th": {"attacks": {"FNA": entry(0.0, 5.0)}}}}
+    rows = report.threat_rows(main, [("s.json", surrogate), ("u.json", unrelated)])
+    assert [(t, e, n, s, m["mAP"]) for t, e, n, s, m in rows] == [
+        ("white-box", 2.0, "APGD_RANK", "this run", 0.45), ("black-box", 2.0, "SQUARE_RANK (1000 queries)",
+                                                             "this run", 0.7),
+        ("universal", 2.0, "UAP", "this run", 0.8),
+        ("white-box", 5.0, "FNA", "this run", 0.3), ("black-box", 5.0, "BANDITS_FNA (1000 queries)", "this run", 0.55),
+        ("universal", 5.0, "UAP", "this run", 0.65), ("transfer", 5.0, "MIFGSM", "s.json", 0.8)]
+
+    paths = {}
+    for name, value in (("results", main), ("s", surrogate)):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(value))
+    report.main([str(paths["results"]), str(paths["s"])])
+    table = list(csv.reader(open(tmp_path / "threat_models.csv")))
+    assert table[0][:5] == ["threat", "eps", "attack", "source", "mAP"]
+    assert [r[:3] + [r[4]] for r in table[1:]][-1] == ["transfer", "5", "MIFGSM", "0.800000"]
+    assert "transfer   eps 5     80.00" in capsys.readouterr().out

@@ -21,6 +21,14 @@ the whole gallery at once: the same rules apply per query over the candidates' w
 adversarial galleries (each query ranked against one gallery of one run), an upper bound on
 what one gallery can do to every query at once. The clean features are not a candidate.
 
+The threat-model view (`python -m reid.report RESULTS.json OTHER.json ...`, ``threat_rows``)
+puts the model's numbers under the attacker who can reach them, at each budget: the strongest
+white-box attack (gradients of this model), black-box (queries only: Square, Bandits, RGF, at
+their query budget), universal (one UAP for every image) and transfer (the strongest attack of
+the OTHER runs, crafted on other models, with this model among their --transfer-to targets,
+found by its checkpoint's SHA-256). Each row is the attack with the lowest mAP among those (a
+min over attacks, not per query: the categories' candidates do not share one run).
+
 results.json with several budgets: each attack entry becomes {"by_eps": [ENTRY, ...]}, one
 entry per budget in the order given, each the one-budget entry (with its "eps"); "worst"
 likewise. `entries` reads both shapes.
@@ -207,6 +215,60 @@ def write_figure(results, path):
         fig.savefig(tmp, format="png")
 
 
+THREATS = ("white-box", "black-box", "universal", "transfer")
+THREAT_CSV = "threat_models.csv"
+
+
+def _threat(name, value):
+    """The threat model of one attack entry of results.json, or None (noise: a baseline)."""
+    if name == "UAP":
+        return "universal"
+    if "gradient_free" in value:
+        return "black-box" if value["gradient_free"] else "white-box"
+    return None
+
+
+def threat_rows(results, others=()):
+    """(threat, eps, attack, source, METRICS) rows of the threat-model view (module docstring):
+    per budget and threat model, the lowest-mAP attack. ``others``: (path, results) of runs on
+    other models; their `transfer` entries for this model's checkpoint are the transfer rows."""
+    found = {}
+
+    def offer(threat, eps, name, source, entry):
+        key, metrics = (threat, float(eps)), entry["mean"]
+        queries = entry.get("queries", {}).get("per_image")
+        label = f"{name} ({queries} queries)" if queries else name
+        if key not in found or metrics["mAP"] < found[key][2]["mAP"]:
+            found[key] = (label, source, metrics)
+
+    default_eps = results.get("config", {}).get("eps")
+    for name, value in results.get("attacks", {}).items():
+        for e in entries(value):
+            if _threat(name, e):
+                offer(_threat(name, e), e.get("eps", default_eps), name, "this run", e)
+    sha = results.get("config", {}).get("checkpoint_sha256")
+    for path, other in others:
+        other_eps = other.get("config", {}).get("eps")
+        for label, info in other.get("config", {}).get("transfer_targets", {}).items():
+            if sha is None or info.get("checkpoint_sha256") != sha:
+                continue
+            for name, value in other.get("transfer", {}).get(label, {}).get("attacks", {}).items():
+                for e in entries(value):
+                    offer("transfer", e.get("eps", other_eps), name, path, e)
+    order = {t: i for i, t in enumerate(THREATS)}
+    return [(threat, eps, *found[threat, eps]) for threat, eps in sorted(found, key=lambda k: (k[1], order[k[0]]))]
+
+
+def write_threats(table, path):
+    """threat_models.csv: the rows of ``threat_rows`` (metrics as fractions)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(("threat", "eps", "attack", "source") + METRIC_NAMES)
+            for threat, eps, name, source, metrics in table:
+                writer.writerow([threat, f"{eps:g}", name, source] + [f"{metrics[k]:.6f}" for k in METRIC_NAMES])
+
+
 def write_report(results, folder):
     """robustness.csv and robustness.png in `folder`; returns their paths."""
     paths = os.path.join(folder, CSV_NAME), os.path.join(folder, FIGURE_NAME)
@@ -249,8 +311,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m reid.report",
                                 description="(Re)write robustness.csv and robustness.png next to a results.json.")
     p.add_argument("results", help="a results.json written by gen_adv.py (any version)")
+    p.add_argument("others", nargs="*", metavar="OTHER",
+                   help="results.json of runs on other models with this one among their --transfer-to targets: "
+                        "the transfer rows of the threat-model view (threat_models.csv)")
     args = p.parse_args(argv)
     results = read_results(args.results)
+    others = [(path, read_results(path)) for path in args.others]
     if results.get("complete") is False:
         print(f"note: {args.results} is from a run that did not finish: the report holds what it had done")
     stored = [w for w in results.get("checks", {}).get("warnings", []) if w.get("check") not in FILE_CHECKS]
@@ -258,8 +324,17 @@ def main(argv=None):
     for ers in entries(results["ers"]) if isinstance(results.get("ers"), dict) else ():
         parts = ", ".join(f"{k} {v:.1f}" for k, v in ers["components"].items())
         print(f"ERS at eps {ers['eps']:g}: {ers['score']:.1f} ({parts})")
-    for path in write_report(results, os.path.dirname(os.path.abspath(args.results))):
+    folder = os.path.dirname(os.path.abspath(args.results))
+    for path in write_report(results, folder):
         print(path)
+    table = threat_rows(results, others)
+    if table:
+        write_threats(table, os.path.join(folder, THREAT_CSV))
+        print("threat models (the strongest attack of each; mAP / rank-1 %):")
+        for threat, eps, name, source, m in table:
+            where = "" if source == "this run" else f"  from {source}"
+            print(f"  {threat:<10} eps {eps:<4g} {100 * m['mAP']:6.2f} / {100 * m['rank1']:6.2f}  {name}{where}")
+        print(os.path.join(folder, THREAT_CSV))
 
 
 if __name__ == "__main__":
