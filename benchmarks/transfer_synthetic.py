@@ -48,6 +48,24 @@ def markdown(record):
     return "\n".join(lines)
 
 
+def train_models(work, archs, epochs, common, log):
+    """The dataset (`work`/data) and one classification model per backbone (`work`/ckpt/<name>-last.th,
+    the same budget for each), made unless done; returns (data, ckpts, names)."""
+    data = os.path.join(work, "data")
+    if not os.path.isdir(data):
+        sh(["-m", "reid.data.synthetic", data + ".partial", "--seed", 0], log)
+        os.replace(data + ".partial", data)
+    ckpts = os.path.join(work, "ckpt")
+    names = [a.replace(":", "_") for a in archs]  # file names and table labels
+    for arch, name in zip(archs, names):
+        if not os.path.isfile(os.path.join(ckpts, f"{name}.done")):
+            resume = ["--resume"] if os.path.isfile(os.path.join(ckpts, f"{name}-last.th")) else []
+            sh(["train.py", data, "--classif", "--arch", arch, "-n", epochs, "-b", 32, "-f", f"{name}.th",
+                *SIZE, "--seed", 0, "--checkpoint-dir", ckpts, *common, *resume], log)
+            open(os.path.join(ckpts, f"{name}.done"), "w").close()
+    return data, ckpts, names
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=os.path.join(ROOT, "attacks", "transfer-evidence"))
@@ -65,19 +83,7 @@ def main():
     common = ["--device", args.device, "--workers", args.workers]
     start = time.perf_counter()
 
-    data = os.path.join(work, "data")
-    if not os.path.isdir(data):
-        sh(["-m", "reid.data.synthetic", data + ".partial", "--seed", 0], log)
-        os.replace(data + ".partial", data)
-
-    ckpts = os.path.join(work, "ckpt")
-    names = [a.replace(":", "_") for a in args.archs]  # file names and table labels
-    for arch, name in zip(args.archs, names):
-        if not os.path.isfile(os.path.join(ckpts, f"{name}.done")):
-            resume = ["--resume"] if os.path.isfile(os.path.join(ckpts, f"{name}-last.th")) else []
-            sh(["train.py", data, "--classif", "--arch", arch, "-n", args.epochs, "-b", 32, "-f", f"{name}.th",
-                *SIZE, "--seed", 0, "--checkpoint-dir", ckpts, *common, *resume], log)
-            open(os.path.join(ckpts, f"{name}.done"), "w").close()
+    data, ckpts, names = train_models(work, args.archs, args.epochs, common, log)
 
     def ckpt(name):
         return os.path.join(ckpts, f"{name}-last.th")  # every model after the same budget
