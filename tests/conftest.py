@@ -74,9 +74,11 @@ CLI_TIMEOUT = 900
 
 def _script_main(args, environ, out, err):
     """In the forked child: `python *args` in ROOT with stdout / stderr into the files `out` / `err`."""
+    import multiprocessing
     import runpy
     import traceback
 
+    multiprocessing.set_start_method("fork", force=True)  # a user's process: DataLoader workers fork, as on Linux
     for fd, path in ((1, out), (2, err)):
         with open(path, "wb") as f:
             os.dup2(f.fileno(), fd)
