@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from reid.attacks import ATTACKS  # noqa: E402
+from reid.attacks import ATTACKS, OPTIMISERS  # noqa: E402
 from reid.evaluation.attack_loop import attack_split  # noqa: E402
 from reid.evaluation.splits import Split  # noqa: E402
 from reid.models.backbones import ReidNet  # noqa: E402
@@ -102,11 +102,12 @@ def main():
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--iters", type=int, default=10, help="T")
     p.add_argument("--attacks", nargs="+", default=["IFGSM", "SMA", "FNA", "APGD_SMA", "APGD_FNA", "APGD_RANK",
-                                                     "SQUARE_FNA", "QA+", "CA+", "LTM"])
+                                                     "SQUARE_FNA", "BANDITS_FNA", "RGF_FNA", "QA+", "CA+", "LTM"])
     p.add_argument("--gallery", type=int, default=1000,
                    help="size of the gallery the ranking and targeted attacks rank against (Market: 19732); "
                         "its first --images rows are the attacked images, the rest random features")
-    p.add_argument("--queries", type=int, default=100, help="Q, the Square rows' queries per image")
+    p.add_argument("--queries", type=int, default=100, help="Q, the query budget per image of the gradient-free "
+                   "rows (Square, Bandits, RGF; the bound counts the queries they spend)")
     p.add_argument("--eot", type=int, default=1, help="K, forward passes per gradient of the gradient attacks")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -139,15 +140,17 @@ def main():
     for name in args.attacks:
         spec = ATTACKS[name]
         free = spec.gradient_free
-        iters, eot = (args.queries, 1) if free else (args.iters, args.eot)
+        iters, eot = (spec.iterations(args.queries), 1) if free else (args.iters, args.eot)
         # the candidate attacks perturb gallery images (the loader's are its first rows), ranked by the queries
         target, other = (gallery, split) if spec.side == "gallery" else (split, gallery)
         options = dict(ranked_against=other if spec.uses_gallery else None, eot=eot, device=device)
         gen = torch.Generator().manual_seed(0)
-        attack_split(model, full[:1], target, name, max_iter=2, generator=gen, **options)  # warm-up
+        warm = 2 * OPTIMISERS[spec.optimiser].queries_per_step if free else 2  # two steps
+        attack_split(model, full[:1], target, name, max_iter=warm, generator=gen, **options)  # warm-up
         sync(device)
         t = time.perf_counter()
-        _, stats = attack_split(model, loader, target, name, eps=5, step=1, max_iter=iters, generator=gen, **options)
+        budget = args.queries if free else iters
+        _, stats = attack_split(model, loader, target, name, eps=5, step=1, max_iter=budget, generator=gen, **options)
         sync(device)
         seconds = time.perf_counter() - t
         unit = fwd if free else fb * eot
