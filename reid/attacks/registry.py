@@ -161,6 +161,8 @@ SUITES = {"standard": Suite(("APGD_SMA", "APGD_FNA", "APGD_RANK", "SQUARE_RANK")
 UNIVERSAL_ATTACKS = {
     "UAP": "universal adversarial perturbation: one delta learned on a training split (MI-SGD)",
     "noise": "uniform random sign noise of the same budget (the baseline a UAP must beat)",
+    "MisRank": "the Mis-Ranking generator: a network trained against a surrogate perturbs each image in one "
+               "forward pass",
 }
 
 

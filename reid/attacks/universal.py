@@ -258,8 +258,9 @@ def learn_uap(model, loader, guides, config, input_size, *, meta_loader=None, me
 @dataclass(frozen=True)
 class AdditivePlan(PlanBase):
     """A perturbation added to each attacked image without optimisation: a universal delta
-    (``delta`` set) or uniform random sign noise of the budget (``delta`` None, drawn per
-    image from (seed, image index) so results do not depend on batches).
+    (``delta`` set), the Mis-Ranking generator's (``generator`` set: one forward pass per
+    batch) or uniform random sign noise of the budget (neither set: drawn per image from
+    (seed, image index) so results do not depend on batches).
 
     Quacks like ``AttackPlan`` for ``attack_batch`` / ``attack_split``.
     """
@@ -271,19 +272,23 @@ class AdditivePlan(PlanBase):
     eps: float = 0.0                 # /255, for noise
     seed: int = 0
     num_fallback: int = 0
+    generator: Optional[torch.nn.Module] = None
 
     def iterations(self, max_iter):
         return 0
 
     @property
     def random(self):
-        """Noise is drawn anew each run; a delta is the same."""
-        return self.delta is None
+        """Noise is drawn anew each run; a delta or a generator's output is the same."""
+        return self.delta is None and self.generator is None
 
     def apply(self, images, rows):
         """The perturbed version of ``images`` (B, 3, H, W), the attacked set's rows ``rows``."""
         if self.delta is not None:
             return apply_delta(images, self.delta)
+        if self.generator is not None:
+            with torch.no_grad():
+                return self.generator.perturb(images)
         signs = torch.stack([
             torch.randint(0, 2, images.shape[1:], generator=image_generator(self.seed, r))
             for r in rows.tolist()]).to(images.device)
@@ -291,9 +296,12 @@ class AdditivePlan(PlanBase):
 
 
 def universal_plan(name, feats, pids, delta=None, eps=0.0, seed=0):
-    """The plan of a universal perturbation (``delta``) or of sign noise (``delta`` None)."""
+    """The plan of a universal perturbation (``delta`` a tensor), of a generator (``delta`` a
+    module: ``misrank.PerturbationGenerator``) or of sign noise (``delta`` None)."""
     feats = torch.as_tensor(feats).float()
     attacked = torch.as_tensor(pids, device=feats.device).long().reshape(-1) > 0
+    if isinstance(delta, torch.nn.Module):
+        return AdditivePlan(name, feats, attacked, None, float(eps), int(seed), generator=delta)
     return AdditivePlan(name, feats, attacked, None if delta is None else delta.float(), float(eps), int(seed))
 
 

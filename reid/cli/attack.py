@@ -115,8 +115,12 @@ def parse_args(argv=None):
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (features, attack passes)")
     p.add_argument("--visualize", type=int, default=DEFAULTS.visualize, metavar="K",
                    help="ranking pictures for K queries and a perturbation grid per attack")
-    uap = p.add_argument_group("universal perturbations (-a UAP / noise; see reid/attacks/universal.py)")
+    uap = p.add_argument_group("added perturbations (-a UAP / noise / MisRank; docs/universal.md, docs/transfer.md)")
     uap.add_argument("--uap", metavar="FILE", help="evaluate this uap.pt instead of learning one")
+    uap.add_argument("--generator", metavar="FILE", help="-a MisRank: evaluate this generator.pt instead of "
+                     "training one against the model")
+    uap.add_argument("--generator-epochs", type=int, help="-a MisRank: epochs of the generator's training on the "
+                     "training split (default 5)")
     uap.add_argument("--uap-loss", choices=UAP_LOSSES,
                      help="objective when learning (default centroid, MetaAttack's)")
     uap.add_argument("--uap-epochs", type=int, help="epochs over the source training split (default 5)")

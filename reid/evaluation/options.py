@@ -59,6 +59,8 @@ class Options:
     meta_dataset: Optional[str] = None
     meta_dataset_kind: Optional[str] = None
     amp: bool = False
+    generator: Optional[str] = None  # -a MisRank: a generator.pt evaluated as it is
+    generator_epochs: Optional[int] = None  # -a MisRank: epochs of its training (None: 5)
     transfer_to: List[str] = field(default_factory=list)  # checkpoints the adversarial images are also fed to
     surrogates: List[str] = field(default_factory=list)  # checkpoints attacked with the model, as one ensemble
 
@@ -69,7 +71,7 @@ class Options:
 
 
 OPTION_NAMES = tuple(f.name for f in fields(Options))
-PATH_OPTIONS = ("out", "uap", "uap_source", "meta_dataset")  # also each of transfer_to
+PATH_OPTIONS = ("out", "uap", "uap_source", "meta_dataset", "generator")  # also each of transfer_to
 
 
 def _kind(tp):
@@ -175,6 +177,7 @@ def check_options(opts):
         raise ReidError("--bpda: only used with --input-defence (it replaces the defence's backward pass)")
     check_number("--seed", opts.seed, 0, MAX_SEED)
     check_uap_flags(opts)
+    check_generator_flags(opts)
     level = 1.0 if opts.norm == "linf" else 1.0 / 255  # one 8-bit step, in the budget's units
     small = [e for e in budgets if e < level - 1e-9]
     if opts.save_images and opts.attack and small:
@@ -277,6 +280,21 @@ def check_uap_flags(opts):
         raise ReidError(f"--uap and {given[1]}: a saved perturbation is evaluated as it is, not learned again")
     for eps in eps_values(opts.eps, opts.norm):
         uap_config(opts, eps)
+
+
+def check_generator_flags(opts):
+    """--generator / --generator-epochs: only with -a MisRank; a file to load, or epochs to train."""
+    given = [flag for flag, value in (("--generator", opts.generator), ("--generator-epochs", opts.generator_epochs))
+             if value is not None]
+    if "MisRank" not in opts.attack and given:
+        raise ReidError(f"{given[0]}: only used with -a MisRank (it would change nothing)")
+    if len(given) == 2:
+        raise ReidError("--generator and --generator-epochs: a saved generator is evaluated as it is, not trained "
+                        "again")
+    if opts.generator is not None and not os.path.isfile(opts.generator):
+        raise ReidError(f"--generator {opts.generator}: no such file")
+    opts.generator_epochs = 5 if opts.generator_epochs is None else opts.generator_epochs
+    check_number("--generator-epochs", opts.generator_epochs, 1)
 
 
 def uap_config(opts, eps):

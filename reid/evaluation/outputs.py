@@ -28,7 +28,7 @@ def versions():
 
 # What an evaluation writes in its --out folder (besides the `perturbation_<NAME>.png` pictures).
 OUTPUT_FILES = ("results.json", "robustness.csv", "robustness.png", "features.npz", "features.mat")
-OUTPUT_PATTERNS = ("uap*.pt", "uap*.png", "perturbation_*.png")
+OUTPUT_PATTERNS = ("uap*.pt", "uap*.png", "generator*.pt", "perturbation_*.png")
 OUTPUT_FOLDERS = ("rankings", "images")
 
 

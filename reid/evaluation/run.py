@@ -33,7 +33,7 @@ from reid.evaluation.splits import Split, split_metrics
 from reid.evaluation.tables import goal_table, metrics_table, side_by_side
 from reid.evaluation.transfer import (TransferFeatures, clean_arrays, extract_target_features, load_targets,
                                       surrogate_ensemble)
-from reid.evaluation.universal import obtain_uap
+from reid.evaluation.universal import obtain_generator, obtain_uap
 from reid.metrics import pairwise_distance, summarize_runs
 from reid.models import check_feature_model, check_materialised
 from reid.runtime import (ReidError, amp, check_input_dir, check_number, check_writable_dir, distributed,
@@ -64,8 +64,7 @@ def run_attack(opts, name, eps, model, loaders, query, gallery, data, out, devic
         generator = torch.Generator().manual_seed(opts.seed * 1000003 + run)
         attack = name
         if name in UNIVERSAL_ATTACKS:
-            attack = universal_plan(name, target.feats, target.pids, delta if name == "UAP" else None, eps,
-                                    opts.seed * 1000003 + run)
+            attack = universal_plan(name, target.feats, target.pids, delta, eps, opts.seed * 1000003 + run)
         adv_feats, st = attack_split(model, loader, target, attack, guides=other if opts.cross_attack else None,
                                      single=opts.single, cosine=opts.cosine, eps=eps, step=step,
                                      max_iter=max_iter, generator=generator, device=device,
@@ -178,16 +177,16 @@ def _run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sh
     height, width = input_size
     metric = "cosine" if opts.cosine else "euclidean"
     targets = load_targets(opts.transfer_to, (height, width), device)  # a bad checkpoint stops the run now
-    removed = clear_outputs(out, keep=(opts.uap, dataset_folder, *opts.transfer_to, *opts.surrogates))
+    removed = clear_outputs(out, keep=(opts.uap, opts.generator, dataset_folder, *opts.transfer_to, *opts.surrogates))
     if removed:
         print(f"note: {out} held an earlier run's outputs, removed: {', '.join(removed)}")
 
-    deltas = {}
-    if "UAP" in opts.attack:  # loaded (and checked) or learned before the evaluation
-        os.makedirs(out, exist_ok=True)
-        for eps in budgets:
-            deltas[eps] = obtain_uap(opts, eps, model, data, (height, width), device, out, model_sha256,
-                                     stem=eps_label("uap", eps) if sweep else "uap")
+    added = {}  # (name, eps) -> (a delta or a generator, its results.json record): loaded or learned first
+    for name, obtain, stem in (("UAP", obtain_uap, "uap"), ("MisRank", obtain_generator, "generator")):
+        for eps in budgets if name in opts.attack else ():
+            os.makedirs(out, exist_ok=True)
+            added[name, eps] = (*obtain(opts, eps, model, data, (height, width), device, out, model_sha256,
+                                        stem=eps_label(stem, eps) if sweep else stem), stem)
 
     tf = build_transforms(height, width, train=False)
     loaders = {name: eval_loader(getattr(data, name), tf, opts.batch_size, opts.workers)
@@ -228,12 +227,12 @@ def _run_evaluation(model, dataset_folder, opts, input_size, device, *, model_sh
     for eps in budgets:
         candidates = []
         for name in opts.attack:
-            delta, uap_info = deltas.get(eps, (None, None))
+            delta, info, key = added.get((name, eps), (None, None, None))
             label = eps_label(name, eps) if sweep else file_label(name)
             entry, per_query = run_attack(opts, name, eps, model, loaders, query, gallery, data, out, device, picked,
                                           tf, arrays, delta, label=label, targets=targets)
-            if name == "UAP":
-                entry["uap"] = uap_info
+            if key is not None:
+                entry[key] = info  # "uap" / "generator"
             if sweep:
                 results["attacks"].setdefault(name, {"by_eps": []})["by_eps"].append(entry)
             else:

@@ -1,5 +1,8 @@
-"""`-a UAP` in an evaluation: a universal perturbation loaded from `--uap FILE` or learned on a
-dataset's training split (and a meta dataset's) against the evaluated model, saved as uap.pt."""
+"""The perturbations an evaluation adds rather than optimises per image, obtained before it:
+`-a UAP`, a universal perturbation loaded from `--uap FILE` or learned on a dataset's training
+split (and a meta dataset's) against the evaluated model, saved as uap.pt; `-a MisRank`, the
+Mis-Ranking generator loaded from `--generator FILE` or trained on the training split against
+the evaluated model by the one training loop, saved as generator.pt."""
 
 import os
 import time
@@ -9,10 +12,12 @@ import torch
 from PIL import Image
 
 from reid.attacks import UniversalGuides, learn_uap, load_uap, save_uap
+from reid.attacks.misrank import GeneratorConfig, GeneratorPair, MisRankObjective, load_generator, save_generator
 from reid.data import build_transforms, eval_loader, load_dataset, train_loader
 from reid.evaluation.features import extract_features
 from reid.evaluation.options import uap_config
-from reid.runtime import ReidError, atomic_path, distributed, progress
+from reid.runtime import ReidError, atomic_path, distributed, progress, seed_everything
+from reid.training import train_epoch
 
 
 def uap_picture(delta, eps, path):
@@ -89,3 +94,53 @@ def obtain_uap(opts, eps, model, data, input_size, device, out, model_sha256, st
                  meta_dataset=info["meta_dataset"])
         uap_picture(delta, config.eps, os.path.join(out, stem + ".png"))
     return delta, info
+
+
+def obtain_generator(opts, eps, model, data, input_size, device, out, model_sha256, stem="generator"):
+    """The Mis-Ranking generator of this run at budget `eps`: `--generator FILE` loaded, or
+    trained on the dataset's training split against `model` with P x K
+    batches (-b, 4 images an identity), the training images unaugmented as the UAP's, and
+    saved as `stem`.pt in `out`. Returns (generator on `device`, the results.json description).
+    Under torchrun every process trains it (the same computation, not sharded) and rank 0's
+    weights are the ones every process evaluates."""
+    if opts.generator:
+        generator, record = load_generator(opts.generator)
+        file_eps = record["config"]["eps"]
+        if file_eps > eps + 1e-6:
+            raise ReidError(f"--generator {opts.generator}: its budget {file_eps:g}/255 exceeds --eps {eps:g}")
+        info = {"file": os.path.abspath(opts.generator), "learned": False,
+                **{k: record.get(k) for k in ("config", "source_checkpoint_sha256", "dataset", "input_size")}}
+        return generator.to(device), info
+    config = GeneratorConfig(eps=eps, epochs=opts.generator_epochs, seed=opts.seed)
+    source, instances = data, 4
+    batch = max(2 * instances, min(opts.batch_size // instances, source.num_train_pids) * instances)
+    if source.num_train_pids < 2:
+        raise ReidError(f"-a MisRank: {source.root} has {source.num_train_pids} training identity; the generator's "
+                        "loss needs two")
+    print(f"training the Mis-Ranking generator on {source.root} ({len(source.train)} training images, "
+          f"eps {eps:g}/255, {config.epochs} epochs, P x K batches of {batch})")
+    seed_everything(config.seed)
+    pair = GeneratorPair(config).to(device)
+    trainable = [p.requires_grad for p in model.parameters()]  # the objective freezes the model: given back below
+    objective = MisRankObjective(model, config)
+    optimizer = torch.optim.Adam(pair.parameters(), lr=config.lr, betas=(0.5, 0.999))
+    transform = build_transforms(*input_size, train=False)
+    start, history = time.perf_counter(), []
+    for epoch in range(config.epochs):
+        loader = train_loader(source.train, transform, batch, instances, opts.workers, seed=config.seed + epoch)
+        stats = train_epoch(pair, loader, optimizer, objective, device, epoch)
+        history.append({"epoch": epoch, "loss": stats["loss"]})
+        print(f"generator epoch {epoch}: loss {stats['loss']:.4f}")
+    for p, flag in zip(model.parameters(), trainable):
+        p.requires_grad_(flag)
+    model.eval()
+    generator = pair.generator.eval()
+    for p in generator.parameters():
+        p.data.copy_(distributed.broadcast_tensor(p.data))
+    info = {"file": os.path.abspath(os.path.join(out, stem + ".pt")), "learned": True, "config": asdict(config),
+            "source_checkpoint_sha256": model_sha256, "dataset": source.root, "input_size": list(input_size),
+            "history": history, "learn_seconds": time.perf_counter() - start}
+    if distributed.is_main():
+        save_generator(info["file"], generator, config, input_size, source_checkpoint_sha256=model_sha256,
+                       dataset=source.root)
+    return generator, info
