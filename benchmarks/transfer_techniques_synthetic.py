@@ -6,7 +6,8 @@ Uses the models of `transfer_synthetic.py` (the same `--work` folder: its datase
 classification models, trained as it trains them if missing). Then, at each budget:
 
   transfer   for every model as the surrogate, FNA plain, + DI (--input-diversity 0.5), + TI
-             (--translation-invariance 7), + DI + TI, and the UAP (-a UAP), each evaluated on the
+             (--translation-invariance 7), + DI + TI, the Mis-Ranking generator (-a MisRank, trained
+             against the surrogate) and the UAP (-a UAP), each evaluated on the
              other two (--transfer-to); and for every model held out, the ensemble of the other two
              (--surrogates) under FNA + DI + TI, evaluated on it. Rows: technique; columns: target
              (the mean over its surrogates), clean and white-box alongside.
@@ -71,7 +72,8 @@ def main():
     record = {"config": vars(args), "models": names, "clean": {}, "white_box": {}, "transfer": {}, "black_box": {}}
     for eps in args.eps:
         key = f"{eps:g}"
-        cells = {row: {t: [] for t in names} for row in [*TECHNIQUES, "UAP", ENSEMBLE]}
+        cells = {row: {t: [] for t in names} for row in [*TECHNIQUES, "MisRank", "UAP", ENSEMBLE]}
+        seconds = {"FNA": [], "MisRank": []}
         for s in names:
             others = [ckpt(t) for t in names if t != s]
             for row, flags in TECHNIQUES.items():
@@ -80,13 +82,19 @@ def main():
                 record["clean"][s] = res["clean"]
                 if row == "FNA":
                     record["white_box"].setdefault(key, {})[s] = res["attacks"]["FNA"]["mean"]
+                    seconds["FNA"].append(res["attacks"]["FNA"]["attack_seconds"])
                 for t in names:
                     if t != s:
                         cells[row][t].append(transferred(res, t, "FNA"))
-            res = run(f"{s}-UAP-eps{key}", s, ["-a", "UAP", "--eps", eps, "--transfer-to", *others])
-            for t in names:
-                if t != s:
-                    cells["UAP"][t].append(transferred(res, t, "UAP"))
+            for added in ("MisRank", "UAP"):
+                res = run(f"{s}-{added}-eps{key}", s, ["-a", added, "--eps", eps, "--transfer-to", *others])
+                for t in names:
+                    if t != s:
+                        cells[added][t].append(transferred(res, t, added))
+                if added == "MisRank":
+                    seconds["MisRank"].append(res["attacks"]["MisRank"]["attack_seconds"])
+                    own = record.setdefault("misrank_white_box", {}).setdefault(key, {})
+                    own[s] = res["attacks"]["MisRank"]["mean"]
         for held_out in names:
             first, *rest = [n for n in names if n != held_out]
             res = run(f"ensemble-to-{held_out}-eps{key}", first,
@@ -96,6 +104,7 @@ def main():
         record["transfer"][key] = {row: {t: {m: statistics.mean(v[m] for v in values) for m in ("mAP", "rank1")}
                                          for t, values in by_target.items() if values}
                                    for row, by_target in cells.items()}
+        record.setdefault("attack_seconds", {})[key] = {k: statistics.mean(v) for k, v in seconds.items()}
         model = names[0]
         black = {}
         for attack in ("SQUARE_FNA", "BANDITS_FNA", "RGF_FNA"):
@@ -122,6 +131,10 @@ def markdown(record):
         for row, cells in rows.items():
             lines.append(f"| {row} | " + " | ".join(f"{100 * cells[t]['mAP']:.2f}" if t in cells else "-"
                                                     for t in names) + " |")
+        t = record["attack_seconds"][key]
+        lines += ["", f"Attack time over the queries (mean over the surrogates): FNA {t['FNA']:.1f} s, the "
+                      f"Mis-Ranking generator {t['MisRank']:.1f} s ({t['FNA'] / t['MisRank']:.0f}x faster; its "
+                      "training not counted)."]
         model = names[0]
         lines += ["", f"Black-box on {model} at eps {key}/255 (white-box FNA: "
                       f"{100 * record['white_box'][key][model]['mAP']:.2f}; clean "
