@@ -45,6 +45,7 @@ from .registry import (
     resolve_attack_names,
     resolve_step,
 )
+from .misrank import GeneratorConfig, GeneratorPair, MisRankObjective, load_generator, save_generator
 from .universal import (
     UAP_LOSSES,
     AdditivePlan,
@@ -71,4 +72,5 @@ __all__ = [
     "uap_objective", "universal_plan", "EotModel", "RankingLoss", "RankingPlan", "SUITES", "apgd_checkpoints",
     "GALLERY_GOALS", "GOAL_METRICS", "GOALS", "TARGETED_GOALS", "TargetedLoss", "TargetedPlan",
     "TransferModel", "gaussian_kernel", "resize_pad",
+    "GeneratorConfig", "GeneratorPair", "MisRankObjective", "load_generator", "save_generator",
 ]

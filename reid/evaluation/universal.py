@@ -11,8 +11,8 @@ from dataclasses import asdict
 import torch
 from PIL import Image
 
-from reid.attacks import UniversalGuides, learn_uap, load_uap, save_uap
-from reid.attacks.misrank import GeneratorConfig, GeneratorPair, MisRankObjective, load_generator, save_generator
+from reid.attacks import (GeneratorConfig, GeneratorPair, MisRankObjective, UniversalGuides, learn_uap, load_generator,
+                          load_uap, save_generator, save_uap)
 from reid.data import build_transforms, eval_loader, load_dataset, train_loader
 from reid.evaluation.features import extract_features
 from reid.evaluation.options import uap_config
