@@ -1,5 +1,6 @@
 """Speed of a defended training epoch (GOAT, EST, ACT, HM) against its bound: the inner
-attack's iterations + the training step + one guide pass.
+attack's iterations + the training step + one guide pass; and of free adversarial training
+(`--free M`), whose bound is M training steps a batch.
 
 In one run, on one model, batch and input size, with the real training loader (images
 read from disk by `--workers` processes, pool guides included; P x K batches for ACT and HM)
@@ -17,7 +18,8 @@ then a clean epoch and each defence's epoch over the same `--steps` batches, and
 
     efficiency = steps * (iters * t_fb + t_step + t_guides) / t(defence epoch)
 
-(1.0 = the defence costs nothing beyond its passes; the target is >= 0.85), and the clean
+(1.0 = the defence costs nothing beyond its passes; the target is >= 0.85; for free: iters = 0,
+no guides, M steps), and the clean
 epoch's steps * t_step(B) / t(clean epoch), which tells whether data loading keeps up.
 
     python benchmarks/bench_goat.py --dataset data/synthetic --out bench_goat.json   # CPU, 64x32
@@ -39,12 +41,13 @@ from bench_attacks import forward_backward_seconds, machine_info, start, sync, w
 from reid.data import build_transforms, load_dataset, train_loader  # noqa: E402
 from reid.training import Objective, train_epoch  # noqa: E402
 from reid.defences import Goat, GuidePool, TripletDefence, triplet_config  # noqa: E402
+from reid.defences.free import FreeObjective  # noqa: E402
 from reid.defences.goat import GoatConfig  # noqa: E402
 from reid.models.backbones import ReidNet  # noqa: E402
 
 
 # (attacked, trained, guide-pass) images per step, as multiples of the batch B (GOAT's guides: B (1 + N))
-SIZES = {"goat": (1, 1, 1), "est": (1, 1, 1), "act": (1, 1.5, 1), "hm": (1.5, 2.5, 1)}
+SIZES = {"goat": (1, 1, 1), "est": (1, 1, 1), "act": (1, 1.5, 1), "hm": (1.5, 2.5, 1), "free": (0, 1, 0)}
 
 
 def median_seconds(fn, device, repeats):
@@ -84,6 +87,7 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--instances", type=int, default=4, help="K of the P x K batches of ACT and HM")
+    p.add_argument("--replays", type=int, default=4, help="M of free adversarial training")
     p.add_argument("--defences", nargs="+", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--out", default="benchmarks/bench_goat.json")
     args = p.parse_args()
@@ -140,11 +144,13 @@ def main():
         model.train()
         t_step = median_seconds(clean_step(trained), device, args.repeats)
         model.eval()
-        t_guides = median_seconds(guide_pass(guided), device, args.repeats)
-        t_fb = forward_backward_seconds(model, repeat(images, attacked), device, args.repeats)
+        t_guides = median_seconds(guide_pass(guided), device, args.repeats) if guided else 0.0
+        t_fb = forward_backward_seconds(model, repeat(images, attacked), device, args.repeats) if attacked else 0.0
         bound = args.iters * t_fb + t_step + t_guides
         prepare, defended, loader = None, objective, loaders["plain"]
-        if name == "goat":
+        if name == "free":  # M training steps a batch, the perturbation's step from the same backward
+            bound, defended = args.replays * t_step, FreeObjective(objective, args.replays, 5.0)
+        elif name == "goat":
             prepare = Goat(GoatConfig("pool", args.push, pull=True, iters=args.iters))
         elif name == "est":  # no pool images: a loader without companions
             prepare = Goat(GoatConfig("self", 0, pull=False, iters=args.iters))
