@@ -150,6 +150,7 @@ def main():
         prepare, defended, loader = None, objective, loaders["plain"]
         if name == "free":  # M training steps a batch, the perturbation's step from the same backward
             bound, defended = args.replays * t_step, FreeObjective(objective, args.replays, 5.0)
+            loader = train_loader(data.train, tf, args.batch, workers=args.workers, seed=0)  # no pool images
         elif name == "goat":
             prepare = Goat(GoatConfig("pool", args.push, pull=True, iters=args.iters))
         elif name == "est":  # no pool images: a loader without companions
