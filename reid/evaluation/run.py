@@ -43,7 +43,8 @@ from reid.runtime import (ReidError, amp, check_input_dir, check_number, check_w
 def run_attack(opts, name, eps, model, loaders, query, gallery, data, out, device, picked, transform, arrays,
                delta=None, label=None, targets=()):
     """`-n` runs of one attack at budget `eps`; returns its results.json entry and, per run,
-    the per-query values of `evaluate_rank` (the worst case's candidates). `delta`: the UAP's;
+    the per-query values of `evaluate_rank` (the worst case's candidates). `delta`: the UAP's
+    delta, or MisRank's generator;
     `label`: the name of its files and of its transfer entries (default `name`). Each run's
     adversarial images also go through the transfer `targets` (their runs are appended)."""
     label = label or name
