@@ -4,9 +4,9 @@ its parts help? Trains one generator per variant against a checkpoint with the t
 pieces (reid.attacks.misrank, the one training loop) and evaluates each with gen_adv.py
 --generator; prints one line per variant (mAP % under the generator, the clean mAP).
 
-Variants (any combination of the words, "-"-joined): base (the toolkit's), nogan (no GAN
-term), lr (Adam at 1e-3 instead of 2e-4), self (also push each image's feature away from its
-own clean feature), collapse (the paper's code's form: distances among the perturbed
+Variants (any combination of the words, "-"-joined): base (the toolkit's: GAN weight 0.1),
+gan1 (GAN weight 1), nogan (no GAN term), lr (Adam at 1e-3 instead of 2e-4), self (also push
+each image's feature away from its own clean feature), collapse (the paper's code's form: distances among the perturbed
 features, so an image's nearest positive is itself).
 
     python benchmarks/misrank_probe.py --checkpoints attacks/defence-table --dataset \
@@ -66,7 +66,8 @@ def main():
     transform = build_transforms(*args.size, train=False)
     for variant in args.variants:
         config = misrank.GeneratorConfig(eps=args.eps, epochs=args.epochs, lr=1e-3 if "lr" in variant else 2e-4,
-                                         gan_weight=0.0 if "nogan" in variant else 1.0)
+                                         gan_weight=0.0 if "nogan" in variant else 1.0 if "gan1" in variant
+                                         else misrank.GeneratorConfig.gan_weight)
         misrank.misrank_loss = variant_loss(variant)
         torch.manual_seed(0)
         pair, objective = misrank.GeneratorPair(config), misrank.MisRankObjective(model, config)

@@ -62,7 +62,7 @@ def test_one_backward_trains_each_network_on_its_own_loss():
         clean = surrogate(images)
     g_loss = misrank_loss(surrogate(adv), clean, labels, 0.3)
     d_fake = pair.discriminator(adv)
-    g_loss = g_loss + gan_loss(d_fake, real=True)
+    g_loss = g_loss + config.gan_weight * gan_loss(d_fake, real=True)
     g_grads = torch.autograd.grad(g_loss, list(pair.generator.parameters()))
     d_loss = (gan_loss(pair.discriminator(images), True) + gan_loss(pair.discriminator(adv.detach()), False)) / 2
     d_grads = torch.autograd.grad(d_loss, list(pair.discriminator.parameters()))

@@ -15,7 +15,8 @@ What is kept from the paper, and why:
     The perturbed image is compared with clean images, as the attack meets a clean gallery;
   * a multi-stage discriminator: three stride-2 stages, each with its own patch classifier,
     so realism is judged at three scales; the generator is trained to fool it (the GAN term,
-    weight 1), the discriminator to tell clean images from perturbed ones.
+    weight 0.1 against the mis-ranking loss: the paper's code weights its re-ID loss 10 against
+    it), the discriminator to tell clean images from perturbed ones.
 What is left out: the paper's learned mask (its "controllable" part: how many pixels are
 attacked), since the threat model here is the whole L-inf ball of every evaluation; its
 label-smoothed cross-entropy term, which needs the surrogate's classifier (this works with
@@ -50,7 +51,7 @@ class GeneratorConfig:
     width: int = 32         # channels of the generator's first stage
     blocks: int = 4         # residual blocks
     margin: float = 0.3
-    gan_weight: float = 1.0
+    gan_weight: float = 0.1  # the paper's code weights the re-ID loss 10 (2 for PCB) against the GAN term
     seed: int = 0
 
 
