@@ -14,8 +14,9 @@ classification models, trained as it trains them if missing). Then, at each budg
   black-box  on the first model: SQUARE_FNA, BANDITS_FNA and RGF_FNA at each --queries budget,
              beside white-box FNA on the same model.
 
-Every gen_adv.py run is skipped when its results exist (a killed run resumes). Writes one JSON
-file and prints Markdown tables (mAP %).
+Every transfer table comes before the black-box runs (the long ones); every gen_adv.py run is
+skipped when its results exist (a killed run resumes). Writes one JSON file after each table and
+prints Markdown tables (mAP %).
 
     python benchmarks/transfer_techniques_synthetic.py --work attacks/transfer-evidence --workers 1
 """
@@ -105,6 +106,9 @@ def main():
                                          for t, values in by_target.items() if values}
                                    for row, by_target in cells.items()}
         record.setdefault("attack_seconds", {})[key] = {k: statistics.mean(v) for k, v in seconds.items()}
+        save(record, args.out, start)
+    for eps in args.eps:  # after every transfer table: the black-box runs are the long ones
+        key = f"{eps:g}"
         model = names[0]
         black = {}
         for attack in ("SQUARE_FNA", "BANDITS_FNA", "RGF_FNA"):
@@ -136,6 +140,8 @@ def markdown(record):
                       f"Mis-Ranking generator {t['MisRank']:.1f} s ({t['FNA'] / t['MisRank']:.0f}x faster; its "
                       "training not counted)."]
         model = names[0]
+        if key not in record["black_box"]:
+            continue
         lines += ["", f"Black-box on {model} at eps {key}/255 (white-box FNA: "
                       f"{100 * record['white_box'][key][model]['mAP']:.2f}; clean "
                       f"{100 * record['clean'][model]['mAP']:.2f}), mAP %:", "",
