@@ -7,7 +7,9 @@ iterations per batch, adversarial features, bookkeeping) for several attacks, an
 
     efficiency = n_batches * T * K * t(forward + backward) / t(attack loop)
 
-for the gradient attacks (PGD rows, APGD rows, with --eot K: K passes per step), and
+for the gradient attacks (PGD rows, APGD rows, with --eot K: K passes per step; with
+--input-diversity / --translation-invariance, the transfer techniques' resize and convolution
+count against the same bound), and
 n_batches * Q * t(forward) / t(attack loop) for the gradient-free Square rows (Q = --queries)
 (1.0 = the attack costs nothing beyond its passes; the target is >= 0.9).
 Images are served from memory so that data loading, which gen_adv overlaps with
@@ -109,6 +111,10 @@ def main():
     p.add_argument("--queries", type=int, default=100, help="Q, the query budget per image of the gradient-free "
                    "rows (Square, Bandits, RGF; the bound counts the queries they spend)")
     p.add_argument("--eot", type=int, default=1, help="K, forward passes per gradient of the gradient attacks")
+    p.add_argument("--input-diversity", type=float, default=0.0, metavar="P",
+                   help="the gradient rows with input diversity P (the bound stays T x t(forward + backward))")
+    p.add_argument("--translation-invariance", type=int, default=0, metavar="K",
+                   help="the gradient rows with a K x K translation-invariance kernel")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", default="benchmarks/bench_attacks.json")
@@ -144,6 +150,8 @@ def main():
         # the candidate attacks perturb gallery images (the loader's are its first rows), ranked by the queries
         target, other = (gallery, split) if spec.side == "gallery" else (split, gallery)
         options = dict(ranked_against=other if spec.uses_gallery else None, eot=eot, device=device)
+        if not free:
+            options.update(diversity=args.input_diversity, smoothing=args.translation_invariance)
         gen = torch.Generator().manual_seed(0)
         warm = 2 * OPTIMISERS[spec.optimiser].queries_per_step if free else 2  # two steps
         attack_split(model, full[:1], target, name, max_iter=warm, generator=gen, **options)  # warm-up
