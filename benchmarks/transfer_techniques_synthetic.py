@@ -7,12 +7,13 @@ classification models, trained as it trains them if missing). Then, at each budg
 
   transfer   on one query image of each of 100 identities (--query-ids; the gallery whole), for
              every model as the surrogate: FNA plain, + DI (--input-diversity 0.5), + TI
-             (--translation-invariance 7), + DI + TI, the Mis-Ranking generator (-a MisRank, trained
+             (--translation-invariance 7), + DI + TI, FGSM (one step of eps: do the iterations fit
+             the surrogate's own directions?), the Mis-Ranking generator (-a MisRank, trained
              against the surrogate) and the UAP (-a UAP), each evaluated on the other two
              (--transfer-to); and for every model held out, the ensemble of the other two
              (--surrogates) under FNA + DI + TI, evaluated on it. Rows: technique; columns: target
              (the mean over its surrogates), clean and white-box alongside.
-  black-box  on the first model, at eps 8 (--black-box-eps), on one query image of each of 32
+  black-box  on the first model, at eps 8 (--black-box-eps), on one query image of each of 8
              identities (--black-box-ids: a query costs a forward pass of them all): SQUARE_FNA,
              BANDITS_FNA and RGF_FNA at each --queries budget, beside white-box FNA on the same
              queries.
@@ -36,8 +37,11 @@ from reliable_eval_synthetic import save
 from transfer_synthetic import ARCHS, train_models
 from universal_synthetic import ROOT, sh
 
-TECHNIQUES = {"FNA": [], "FNA + DI": ["--input-diversity", 0.5], "FNA + TI": ["--translation-invariance", 7],
-              "FNA + DI + TI": ["--input-diversity", 0.5, "--translation-invariance", 7]}
+TECHNIQUES = {"FNA": ("FNA", []), "FNA + DI": ("FNA", ["--input-diversity", 0.5]),
+              "FNA + TI": ("FNA", ["--translation-invariance", 7]),
+              "FNA + DI + TI": ("FNA", ["--input-diversity", 0.5, "--translation-invariance", 7]),
+              # the hypothesis that iterations fit the surrogate's own directions: one step of eps
+              "FGSM (one step)": ("FGSM", [])}
 ENSEMBLE = "ensemble of the other two (FNA + DI + TI)"
 
 
@@ -71,7 +75,7 @@ def main():
     p.add_argument("--query-ids", type=int, default=100,
                    help="transfer: one query image for each of this many identities (0: every query)")
     p.add_argument("--black-box-eps", type=float, nargs="+", default=[8.0])
-    p.add_argument("--black-box-ids", type=int, default=32, help="black-box: queries of this many identities")
+    p.add_argument("--black-box-ids", type=int, default=8, help="black-box: queries of this many identities")
     p.add_argument("--queries", type=int, nargs="+", default=[100, 1000, 5000])
     p.add_argument("--runs", type=int, default=1, help="runs of the random attacks (-n)")
     p.add_argument("--workers", type=int, default=1)
@@ -109,9 +113,9 @@ def main():
         seconds = {"FNA": [], "MisRank": []}
         for s in names:
             others = [ckpt(t) for t in names if t != s]
-            for row, flags in TECHNIQUES.items():
-                tag = f"{s}-{row.replace(' + ', '-').replace(' ', '')}-eps{key}"
-                res = run(tag, s, ["-a", "FNA", "--eps", eps, "-n", args.runs, *flags, "--transfer-to", *others],
+            for row, (attack, flags) in TECHNIQUES.items():
+                tag = f"{s}-{row.split(' (')[0].replace(' + ', '-').replace(' ', '')}-eps{key}"
+                res = run(tag, s, ["-a", attack, "--eps", eps, "-n", args.runs, *flags, "--transfer-to", *others],
                           transfer_data)
                 record["clean"][s] = res["clean"]
                 if row == "FNA":
@@ -119,7 +123,7 @@ def main():
                     seconds["FNA"].append(res["attacks"]["FNA"]["attack_seconds"])
                 for t in names:
                     if t != s:
-                        cells[row][t].append(transferred(res, t, "FNA"))
+                        cells[row][t].append(transferred(res, t, attack))
             for added in ("MisRank", "UAP"):
                 res = run(f"{s}-{added}-eps{key}", s, ["-a", added, "--eps", eps, "--transfer-to", *others],
                           transfer_data)
@@ -133,7 +137,7 @@ def main():
         for held_out in names:
             first, *rest = [n for n in names if n != held_out]
             res = run(f"ensemble-to-{held_out}-eps{key}", first,
-                      ["-a", "FNA", "--eps", eps, "-n", args.runs, *TECHNIQUES["FNA + DI + TI"],
+                      ["-a", "FNA", "--eps", eps, "-n", args.runs, *TECHNIQUES["FNA + DI + TI"][1],
                        "--surrogates", *map(ckpt, rest), "--transfer-to", ckpt(held_out)], transfer_data)
             cells[ENSEMBLE][held_out].append(transferred(res, held_out, "FNA"))
         record["transfer"][key] = {row: {t: {m: statistics.mean(v[m] for v in values) for m in ("mAP", "rank1")}
