@@ -12,7 +12,7 @@ classification models, trained as it trains them if missing). Then, at each budg
              against the surrogate) and the UAP (-a UAP), each evaluated on the other two
              (--transfer-to); and for every model held out, the ensemble of the other two
              (--surrogates) under FNA + DI + TI, evaluated on it. Rows: technique; columns: target
-             (the mean over its surrogates), clean and white-box alongside.
+             (the mean over its surrogates), clean, uniform noise (-a noise) and white-box alongside.
   black-box  on the first model, at eps 8 (--black-box-eps), on one query image of each of 8
              identities (--black-box-ids: a query costs a forward pass of them all): SQUARE_FNA,
              BANDITS_FNA and RGF_FNA at each --queries budget, beside white-box FNA on the same
@@ -140,6 +140,10 @@ def main():
                       ["-a", "FNA", "--eps", eps, "-n", args.runs, *TECHNIQUES["FNA + DI + TI"][1],
                        "--surrogates", *map(ckpt, rest), "--transfer-to", ckpt(held_out)], transfer_data)
             cells[ENSEMBLE][held_out].append(transferred(res, held_out, "FNA"))
+        res = run(f"noise-eps{key}", names[0], ["-a", "noise", "--eps", eps, "-n", args.runs, "--transfer-to",
+                                                *[ckpt(t) for t in names[1:]]], transfer_data)
+        record.setdefault("noise", {})[key] = {names[0]: res["attacks"]["noise"]["mean"],
+                                               **{t: transferred(res, t, "noise") for t in names[1:]}}
         record["transfer"][key] = {row: {t: {m: statistics.mean(v[m] for v in values) for m in ("mAP", "rank1")}
                                          for t, values in by_target.items() if values}
                                    for row, by_target in cells.items()}
@@ -148,8 +152,10 @@ def main():
     def black_box(eps):
         key = f"{eps:g}"
         model = names[0]
-        res = run(f"{model}-FNA-q{args.black_box_ids}-eps{key}", model, ["-a", "FNA", "--eps", eps], black_data)
-        black = {"clean": res["clean"], "white-box FNA": res["attacks"]["FNA"]["mean"]}
+        res = run(f"{model}-FNA-q{args.black_box_ids}-eps{key}", model, ["-a", "FNA", "noise", "--eps", eps],
+                  black_data)
+        black = {"clean": res["clean"], "uniform noise": res["attacks"]["noise"]["mean"],
+                 "white-box FNA": res["attacks"]["FNA"]["mean"]}
         for attack in ("SQUARE_FNA", "BANDITS_FNA", "RGF_FNA"):
             for q in args.queries:
                 res = run(f"{model}-{attack}-q{q}-ids{args.black_box_ids}-eps{key}", model,
@@ -176,6 +182,8 @@ def markdown(record):
                   "attacks the other two models together:", "",
                   "| technique | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|",
                   "| clean | " + " | ".join(f"{100 * record['clean'][t]['mAP']:.2f}" for t in names) + " |",
+                  "| uniform noise (no model) | " + " | ".join(f"{100 * record['noise'][key][t]['mAP']:.2f}"
+                                                             for t in names) + " |",
                   "| white-box FNA | " + " | ".join(f"{100 * record['white_box'][key][t]['mAP']:.2f}"
                                                   for t in names) + " |"]
         for row, cells in rows.items():

@@ -198,7 +198,8 @@ def ddp_checkpoint(tiny_data, tmp_path_factory):
     """A classification model trained one epoch by 2 processes (plain batches); its folder."""
     ckpt_dir = tmp_path_factory.mktemp("ddp_ckpt")
     proc = run(*train_args(tiny_data, ckpt_dir, "--classif"))
-    return ckpt_dir, proc
+    yield ckpt_dir, proc
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # ~0.5 GB: not kept beside the rest of the session (CI disks)
 
 
 def check_checkpoint(ckpt_dir, epoch, processes=2):
