@@ -133,7 +133,9 @@ class Ensemble(torch.nn.Module):
 
     def forward(self, x):
         scale = 1 / math.sqrt(len(self.members))
-        return torch.cat([F.normalize(m(x).float(), dim=1) * scale for m in self.members], dim=1)
+        # float32 at least (members under autocast give bfloat16), float64 kept
+        return torch.cat([F.normalize(m(x).to(torch.promote_types(x.dtype, torch.float32)), dim=1) * scale
+                          for m in self.members], dim=1)
 
     def config(self):
         described = [getattr(m, "model", m) for m in self.members]  # a ResizedInput's model
