@@ -49,7 +49,7 @@ goat-evidence: $(STAMP) $(DEMO_DATA)/query
 
 # Transfer matrix ResNet50 / DenseNet121 / ResNeXt50 under FNA and SMA at eps 2 and 5 (about 55 min on 2 CPU cores),
 # then on the same models the transfer techniques, FGSM, the ensemble, the Mis-Ranking generator and the UAP at eps 8
-# and 5, and the black-box attacks at eps 8 (benchmarks/transfer_techniques_synthetic.py; about 2 h more).
+# and 5, and the black-box attacks at eps 8 (benchmarks/transfer_techniques_synthetic.py; about 65 min more on 2 CPU cores).
 transfer-evidence: $(STAMP)
 	$(PYTHON) benchmarks/transfer_synthetic.py --work attacks/transfer-evidence --epochs 6 --workers 1
 	$(PYTHON) benchmarks/transfer_techniques_synthetic.py --work attacks/transfer-evidence --epochs 6 --workers 1

@@ -99,7 +99,8 @@ def main():
                             "--generator", path, "--device", "cpu", "--workers", "0",
                             "--out", os.path.join(args.work, f"out-{variant}")])
         line = {"variant": variant, "epochs": args.epochs, "final_loss": stats["loss"],
-                "mean_abs_perturbation": mean_abs, "mAP": res["attacks"]["MisRank"]["mean"]["mAP"], "clean_mAP": res["clean"]["mAP"],
+                "mean_abs_perturbation": mean_abs, "mAP": res["attacks"]["MisRank"]["mean"]["mAP"],
+                "clean_mAP": res["clean"]["mAP"],
                 "seconds": time.perf_counter() - start}
         print(json.dumps(line))
     misrank.misrank_loss = ORIGINAL
